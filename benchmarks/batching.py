@@ -25,13 +25,16 @@ def iterate_batches(x: torch.Tensor, y: torch.Tensor, t: torch.Tensor, *,
                     permutations: Optional[torch.Tensor] = None,
                     batch_size: int = 128, shuffle: bool = False,
                     generator: Optional[torch.Generator] = None,
-                    device: torch.device | str = "cpu", drop_last: bool = False
-                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+                    device: torch.device | str = "cpu", drop_last: bool = False,
+                    rows: Optional[torch.Tensor] = None, with_index: bool = False
+                    ) -> Iterator[tuple[torch.Tensor, ...]]:
     """Yield ``(x float32 (B, C, H, W), y int64 (B,), t int64 (B,))`` over ``x`` uint8
     (N, C, H, W), normalised per channel and permuted by ``permutations[t]`` when given.
 
     ``shuffle`` draws one ``torch.randperm`` from ``generator`` (torch's global generator when
-    None) per call; the last batch is smaller unless ``drop_last``.
+    None) per call; the last batch is smaller unless ``drop_last``. ``rows`` (int64) restricts
+    the pass to those rows (in that order, or shuffled: ``rows[randperm(len(rows))]``);
+    ``with_index`` appends the int64 (B,) row numbers of the batch to every tuple.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -65,12 +68,21 @@ def iterate_batches(x: torch.Tensor, y: torch.Tensor, t: torch.Tensor, *,
         else:
             perms = permutations.to(device)
 
-    order = torch.randperm(n, generator=generator) if shuffle else None
-    stop = n - n % batch_size if drop_last else n
+    if rows is not None:
+        rows = torch.as_tensor(rows, dtype=torch.int64)
+        if rows.dim() != 1 or (rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= n)):
+            raise ValueError(f"rows must be a 1-d int64 tensor of row numbers in 0..{n - 1}")
+        order = rows[torch.randperm(rows.numel(), generator=generator)] if shuffle else rows
+        count = int(rows.numel())
+    else:
+        order = torch.randperm(n, generator=generator) if shuffle else None
+        count = n
+    stop = count - count % batch_size if drop_last else count
     for start in range(0, stop, batch_size):
         if order is None:
-            rows = slice(start, min(start + batch_size, n))
-            xb, yb, tb = flat[rows], y[rows], t[rows]
+            span = slice(start, min(start + batch_size, n))
+            xb, yb, tb = flat[span], y[span], t[span]
+            index = torch.arange(span.start, span.stop, dtype=torch.int64) if with_index else None
         else:
             index = order[start:start + batch_size]
             xb, yb = flat.index_select(0, index), y.index_select(0, index)
@@ -81,4 +93,5 @@ def iterate_batches(x: torch.Tensor, y: torch.Tensor, t: torch.Tensor, *,
             xb = xb.index_select(1, single_perm)
         elif perms is not None:
             xb = torch.gather(xb, 1, perms.index_select(0, tb))
-        yield (xb.view(-1, *x.shape[1:]), yb.to(device, non_blocking=True), tb)
+        out = (xb.view(-1, *x.shape[1:]), yb.to(device, non_blocking=True), tb)
+        yield out + (index.to(device),) if with_index else out

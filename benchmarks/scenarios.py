@@ -210,12 +210,15 @@ class Scenario:
 
     def batches(self, task_index: int, split: str = "train", batch_size: int = 128,
                 shuffle: Optional[bool] = None, generator: Optional[torch.Generator] = None,
-                device: Union[torch.device, str] = "cpu", drop_last: bool = False
-                ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+                device: Union[torch.device, str] = "cpu", drop_last: bool = False,
+                rows: Optional[torch.Tensor] = None, with_index: bool = False
+                ) -> Iterator[tuple[torch.Tensor, ...]]:
         """Mini-batches ``(x float32 (B, C, H, W), y int64 (B,), t int64 (B,))`` of one task's
         ``split`` ("train" or "test"), normalised with ``mean``/``std`` and permuted by each
         example's task permutation, per batch. ``shuffle`` defaults to True for "train" and
         False for "test"; it draws from ``generator`` (torch's global generator when None).
+        ``rows`` restricts the pass to those rows of the split; ``with_index`` appends each
+        batch's row numbers (see :func:`benchmarks.batching.iterate_batches`).
         """
         task = self.tasks[self._check_index(task_index)]
         if split == "train":
@@ -228,7 +231,8 @@ class Scenario:
         return iterate_batches(x, y, t, mean=self.mean, std=self.std,
                                permutations=self.permutations, batch_size=batch_size,
                                shuffle=(split == "train") if shuffle is None else shuffle,
-                               generator=generator, device=device, drop_last=drop_last)
+                               generator=generator, device=device, drop_last=drop_last,
+                               rows=rows, with_index=with_index)
 
     def __repr__(self) -> str:
         return (f"Scenario({self.name!r}, setting={self.setting!r}, tasks={self.num_tasks}, "

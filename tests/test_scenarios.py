@@ -393,3 +393,26 @@ def test_iterate_batches_multichannel_permutation_keeps_channel_statistics():
     expected = torch.stack([z[j].reshape(-1)[perms[t[j]]] for j in range(5)]).reshape(5, 3, 4, 4)
     torch.testing.assert_close(out.double(), expected, rtol=0, atol=1e-5)
     assert torch.equal(tb, t)
+
+
+def test_rows_restrict_an_epoch_and_index_names_every_row(mnist):
+    """Data selection trains on a subset of rows: exactly those rows, each once, with their
+    row numbers."""
+    s = scenario_from_dataset(mnist, "permutations", 3)
+    task = s.tasks[1]
+    rows = torch.tensor([5, 0, 17, 3, 9, 11, 2], dtype=torch.int64)
+    gen = torch.Generator().manual_seed(3)
+    seen = []
+    for x, y, t, idx in s.batches(1, "train", batch_size=3, shuffle=True, generator=gen,
+                                  rows=rows, with_index=True):
+        assert torch.equal(y, task.train_y[idx]) and bool((t == 1).all())
+        seen.append(idx)
+    assert sorted(torch.cat(seen).tolist()) == sorted(rows.tolist())
+    ref_x, _, _ = _epoch(s, 1, shuffle=False)
+    unshuffled = list(s.batches(1, "train", batch_size=4, shuffle=False, rows=rows, with_index=True))
+    assert torch.equal(torch.cat([b[3] for b in unshuffled]), rows)
+    assert torch.equal(torch.cat([b[0] for b in unshuffled]), ref_x[rows])
+    full = list(s.batches(1, "train", batch_size=50, shuffle=False, with_index=True))
+    assert torch.equal(torch.cat([b[3] for b in full]), torch.arange(task.num_train))
+    with pytest.raises(ValueError, match="rows"):
+        next(s.batches(1, "train", rows=torch.tensor([task.num_train])))
