@@ -159,6 +159,9 @@ class Strategy(Component):
     #: True if the strategy adds loss terms (they need a rule that follows the objective's
     #: gradient: backprop or NTE; local rules refuse such strategies).
     uses_loss = False
+    #: True if ``after_step`` reads ``p.grad``: the rule then leaves on every trained parameter
+    #: the gradient of the batch loss it stepped on (NTE: of the batch-mean loss).
+    needs_grad = False
 
     def prepare(self, batch: Batch) -> Batch:
         """The batch to train on (replay appends stored rows with ``Batch.with_rows``)."""
@@ -187,6 +190,11 @@ class Selection(Component):
     def observe(self, batch: Batch, losses: torch.Tensor) -> None:
         """Per-example training losses of the rows just trained on (``batch.own`` rows)."""
 
+    def loss_weights(self, batch: Batch) -> Optional[torch.Tensor]:
+        """Float (B,) weights of the examples' losses (unbiased rescaling of a pruned epoch;
+        rows from elsewhere get 1), or None for equal weights."""
+        return None
+
 
 class Probe(Component):
     """A per-task diagnostic: measures the model (usually in ``on_task_end``) and reports it in
@@ -200,17 +208,25 @@ class Objective:
 
     ``example_losses`` gives the bracket per example (what NTE's per-example likelihoods and
     the data selection scores use); ``penalty`` gives sum_s R_s (None if no strategy has one).
+    With a ``selection`` that weights examples, the cross-entropy of example n is multiplied by
+    its weight w_n (:meth:`Selection.loss_weights`).
     """
 
-    def __init__(self, model: nn.Module, strategies: Sequence[Strategy] = ()) -> None:
+    def __init__(self, model: nn.Module, strategies: Sequence[Strategy] = (),
+                 selection: Optional[Selection] = None) -> None:
         self.model = model
         self.strategies: List[Strategy] = list(strategies)
+        self.selection = selection
 
     def forward(self, batch: Batch) -> torch.Tensor:
         return self.model(batch.x, batch.t)
 
     def example_losses(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         losses = F.cross_entropy(logits, batch.y, reduction="none")
+        if self.selection is not None:
+            w = self.selection.loss_weights(batch)
+            if w is not None:
+                losses = losses * w
         for s in self.strategies:
             extra = s.example_loss(batch, logits)
             if extra is not None:
