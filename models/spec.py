@@ -1,13 +1,16 @@
 """The architecture hyper-parameters of a network, read from an experiment config.
 
 Key names and meanings are those of the original sparse-dynamic-synapses project (Pervasive-AI-Lab)
-plus the Dale's-law keys; the schema with defaults lives in :mod:`sparse_nte.config`, so every key
-here is required (a resolved config has them all) and nothing is defaulted twice.
+plus the Dale's-law keys; the schema with types, defaults and ranges lives in
+:mod:`sparse_nte.config`, so every key here is required (a resolved config has them all), nothing
+is defaulted twice, and a value given in a plain mapping is checked against that schema.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
+
+from sparse_nte.config import check_key
 
 __all__ = ["NetSpec", "MODEL_KEYS"]
 
@@ -66,63 +69,26 @@ class NetSpec:
             _check(f.name, getattr(self, f.name))
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> "NetSpec":
-        """Read the architecture keys of a (resolved) experiment config; other keys are ignored.
+    def from_config(cls, config: Any) -> "NetSpec":
+        """The architecture of a :class:`~sparse_nte.config.Config` (its attributes), or of a
+        plain mapping holding at least the model keys (other keys are ignored).
 
         Raises ValueError naming every missing key, or the first key whose value is invalid.
         """
-        missing = [k for k in MODEL_KEYS if k not in config]
+        if not isinstance(config, Mapping) or hasattr(config, "to_dict"):
+            return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
+        missing = [f.name for f in fields(cls) if f.name not in config]
         if missing:
             raise ValueError(f"build_model: config lacks the model key(s) {', '.join(missing)} "
-                             f"(needed: {', '.join(MODEL_KEYS)})")
-        return cls(**{k: config[k] for k in MODEL_KEYS})
+                             f"(needed: {', '.join(f.name for f in fields(cls))})")
+        return cls(**{f.name: config[f.name] for f in fields(cls)})
 
 
 MODEL_KEYS: tuple[str, ...] = tuple(f.name for f in fields(NetSpec))
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _range(lo: float, hi: float, lo_open: bool, hi_open: bool):
-    def ok(v: Any) -> bool:
-        return _is_number(v) and (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)
-    return ok, f"a number in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
-
-
-_UNIT_OPEN_LOW = _range(0.0, 1.0, True, False)
-_RULES = {
-    "cnn": (lambda v: isinstance(v, bool), "a bool"),
-    "hidden_units": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
-    "hidden_layers": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
-    "dropout": _range(0.0, 1.0, False, True),
-    "sparsify": (lambda v: isinstance(v, bool), "a bool"),
-    "percent_on_fc": _UNIT_OPEN_LOW,
-    "percent_on_conv": _UNIT_OPEN_LOW,
-    "k_inference_factor": (lambda v: _is_number(v) and v > 0, "a number > 0"),
-    "boost_strength": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
-    "boost_strength_factor": _range(0.0, 1.0, False, False),
-    "duty_cycle_period": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
-    "weight_sparsity_fc": (_UNIT_OPEN_LOW[0], _UNIT_OPEN_LOW[1] + " (fraction of NON-ZERO weights, "
-                           "1.0 = dense)"),
-    "weight_sparsity_conv": (_UNIT_OPEN_LOW[0], _UNIT_OPEN_LOW[1] + " (fraction of NON-ZERO "
-                             "weights, 1.0 = dense)"),
-    "seed": (lambda v: _is_int(v) and v >= 0, "an int >= 0"),
-    "dale": (lambda v: isinstance(v, bool), "a bool"),
-    "exc_fraction": _range(0.0, 1.0, False, False),
-    "dale_input": (lambda v: isinstance(v, bool), "a bool"),
-    "dale_kwta": (lambda v: v in ("include", "exclude"), "'include' or 'exclude'"),
-    "sparse_exec": (lambda v: v in ("auto", "on", "off"), "'auto', 'on' or 'off'"),
-    "sparse_init": (lambda v: v in ("torch", "fan_in"), "'torch' or 'fan_in'"),
-}
-
-
-def _check(key: str, value: Any) -> None:
-    ok, valid = _RULES[key]
-    if not ok(value):
-        raise ValueError(f"build_model: config key {key!r} = {value!r} is invalid; it must be {valid}")
+def _check(name: str, value: Any) -> None:
+    try:
+        check_key(name, value)
+    except ValueError as exc:
+        raise ValueError(f"build_model: config key {name!r} = {value!r} is invalid: {exc}") from None

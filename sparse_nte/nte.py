@@ -176,6 +176,9 @@ class NTE(Optimizer):
         seed: seeds the noise of ``expand="init"``.
     """
 
+    #: ``step(closure)`` takes the per-example losses (see :mod:`sparse_nte.rules.optimizers`).
+    takes_example_losses = True
+
     def __init__(self, params: Union[Iterable[torch.Tensor], Iterable[dict]], model: nn.Module, *,
                  beta: float = 0.01, eta: float = 1.0, max_delta: float = 0.1,
                  lr: Optional[float] = None, managed: bool = True, fast: str = "auto",

@@ -1192,7 +1192,11 @@ class NTEPosteriorPruning(PlasticitySchedule):
 # ---------------------------------------------------------------------------------------------
 # Construction from the config
 # ---------------------------------------------------------------------------------------------
-_KINDS = ("none", "set", "rigl", "gmp", "grow", "nte_prune")
+#: The schedules of ``config.plasticity``: name -> class.
+SCHEDULES: Dict[str, type] = {"none": StaticConnectivity, "set": SET, "rigl": RigL,
+                              "gmp": GradualMagnitudePruning, "grow": TaskwiseGrowth,
+                              "nte_prune": NTEPosteriorPruning}
+_KINDS = tuple(SCHEDULES)
 # The schedule's generator is seeded with seed + this offset: a stream of its own, so that
 # switching plasticity on does not change the draws of masks, weights or batches.
 _SEED_OFFSET = 0x5E7

@@ -42,11 +42,13 @@ def one(tmp_path: Path, section_body: str, default_body: str = "", **overrides) 
 
 
 def error_of(fn, *args, **kwargs) -> ConfigError:
+    """The (first) error raised; every error found is one line of the message."""
     with pytest.raises(ConfigError) as info:
         fn(*args, **kwargs)
     err = info.value
-    assert "\n" not in str(err)
-    return err
+    assert str(err).splitlines() == [str(e) for e in err.errors]
+    assert all("\n" not in e.message for e in err.errors)
+    return err.errors[0]
 
 
 # ---------------------------------------------------------------------------------------------

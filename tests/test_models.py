@@ -313,7 +313,8 @@ def test_dale_kwta_include_makes_all_units_compete_with_nonnegative_rates():
 
 
 def test_exclude_without_excitatory_units_is_rejected():
-    with pytest.raises(ValueError, match="dale_kwta='exclude'"):
+    # the schema's range (0, 1] already refuses a layer without excitatory units
+    with pytest.raises(ValueError, match="'exc_fraction' = 0.0 is invalid"):
         build_model(config(dale=True, sparsify=True, dale_kwta="exclude", exc_fraction=0.0),
                     FakeScenario())
 

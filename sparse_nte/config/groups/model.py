@@ -1,0 +1,36 @@
+"""Model keys: the MLP / CNN of the original project (models.build_model)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sparse_nte.config.fields import key
+
+TITLE = "model"
+
+
+@dataclass(frozen=True)
+class ModelKeys:
+    cnn: bool = key(
+        False,
+        doc="Convolutional network (the original SimpleCNN) instead of an MLP.")
+    hidden_units: int = key(
+        1024, interval="[1, inf)",
+        doc="Units per hidden fc layer.")
+    hidden_layers: int = key(
+        1, interval="[1, inf)",
+        doc="Number of hidden fc layers.")
+    dropout: float = key(
+        0.0, interval="[0, 1)",
+        doc="Dropout probability after each hidden layer.")
+
+
+def no_effect(v: dict[str, Any]) -> dict[str, str]:
+    if not v["cnn"]:
+        return dict.fromkeys(("percent_on_conv", "weight_sparsity_conv"),
+                             "there are no conv layers (cnn = false)")
+    return {}
+
+
+#: The group's keys (read by sparse_nte.config.schema).
+KEYS = ModelKeys

@@ -1,0 +1,67 @@
+"""Training keys: the optimizer, batches and epochs."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sparse_nte.config.fields import key
+
+from sparse_nte.rules.optimizers import OPTIMIZERS
+
+if TYPE_CHECKING:  # pragma: no cover
+    from sparse_nte.config.resolve import Resolver
+
+TITLE = "training"
+
+
+@dataclass(frozen=True)
+class TrainingKeys:
+    optimizer: str = key(
+        "sgd", choices=tuple(OPTIMIZERS),
+        doc="sgd (torch.optim.SGD), adam (torch.optim.Adam) or nte (Neural Tangent Ensemble posterior "
+            "update, Benjamin et al. 2024).")
+    lr: float = key(
+        0.01, interval="(0, inf)",
+        doc="Learning rate (sgd, adam; nte: plain SGD steps of the parameters NTE does not manage).")
+    momentum: float = key(
+        0.0, interval="[0, 1)",
+        doc="SGD momentum (optimizer = sgd only).")
+    nesterov: bool = key(
+        False,
+        doc="Nesterov momentum (optimizer = sgd; needs momentum > 0).")
+    weight_decay: float = key(
+        0.0, interval="[0, inf)",
+        doc="L2 weight decay (sgd, adam).")
+    mb_size: int = key(
+        128, interval="[1, inf)",
+        doc="Minibatch size.")
+    train_ep: int = key(
+        1, interval="[1, inf)",
+        doc="Epochs on the first task.")
+    train_ep_inc: int = key(
+        1, interval="[0, inf)",
+        doc="Epochs on every later task (> 0 when num_batch > 1).")
+
+
+def check(r: "Resolver") -> None:
+    v, w = r.values, r.where
+    if v["num_batch"] > 1 and v["train_ep_inc"] == 0:
+        r.fail(r.conflict(f"{w('train_ep_inc')} would leave tasks 1..{v['num_batch'] - 1} untrained "
+                          f"({w('num_batch')}); give them at least 1 epoch", "train_ep_inc", "num_batch"))
+    if v["nesterov"] and v["momentum"] == 0 and v["optimizer"] == "sgd":
+        r.fail(r.conflict(f"{w('nesterov')} needs momentum > 0, but {w('momentum')} (torch.optim.SGD "
+                          f"rejects this too)", "nesterov", "momentum"))
+
+
+def no_effect(v: dict[str, Any]) -> dict[str, str]:
+    out = {}
+    if v["num_batch"] == 1:
+        out["train_ep_inc"] = "there is a single task (num_batch = 1)"
+    if v["optimizer"] in ("adam", "adamw"):
+        out.update(dict.fromkeys(("momentum", "nesterov"),
+                                 f"optimizer = {v['optimizer']} has no SGD momentum"))
+    return out
+
+
+#: The group's keys (read by sparse_nte.config.schema).
+KEYS = TrainingKeys
