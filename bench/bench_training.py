@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import dataclasses
 import math
 import statistics
 import sys
@@ -61,8 +62,9 @@ from common import (Figure, Sample, gemm_bound, interleaved, machine, median_rat
 from benchmarks import build_scenario  # noqa: E402
 from models import build_model  # noqa: E402
 from sparse_nte import runner  # noqa: E402
-from sparse_nte.config import load_config  # noqa: E402
+from sparse_nte.config import Config, load_config  # noqa: E402
 from sparse_nte.learner import build_learner  # noqa: E402
+from sparse_nte.seams import TaskContext  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 EXPERIMENTS = REPO / "exps" / "exps_params.cfg"
@@ -81,7 +83,7 @@ DEFAULT_T50 = DEFAULT_STATS = "mlp1x4000_dense"   # the others: 50 x one task; n
 EVAL_GOAL = 10.0   # percent
 
 
-def network_config(name: str, num_tasks: int, subset: Optional[int]) -> dict:
+def network_config(name: str, num_tasks: int, subset: Optional[int]) -> Config:
     """The resolved config of network ``name`` on permuted Fashion-MNIST with ``num_tasks``
     tasks of one epoch each (``subset`` training examples per task, None = all)."""
     section, extra = NETWORKS[name]
@@ -89,9 +91,7 @@ def network_config(name: str, num_tasks: int, subset: Optional[int]) -> dict:
                  "train_ep": 1, "train_ep_inc": 1, "seed": 0, **extra}
     if subset:
         overrides["train_subset"] = subset
-    cfg = load_config(EXPERIMENTS, section, overrides).to_dict()
-    cfg["name"] = name
-    return cfg
+    return dataclasses.replace(load_config(EXPERIMENTS, section, overrides), name=name)
 
 
 def _selected(network: str, option: str) -> bool:
@@ -104,28 +104,28 @@ def figure_names(network: str, stats: str = DEFAULT_STATS) -> List[str]:
     names = [f"train_over_6pn_bound.{network}", f"train_over_gemm_bound.{network}",
              f"eval_task_over_train.{network}", f"eval_all_over_train.T10.{network}",
              f"eval_all_over_train.T50.{network}"]
-    if _selected(network, stats) and network_config(network, 10, None)["record_stats"]:
+    if _selected(network, stats) and network_config(network, 10, None).record_stats:
         names.append(f"stats_activity_over_train.T10.{network}")
     return names
 
 
-def build(cfg: dict):
+def build(cfg: Config):
     """Scenario, model and learner of a trial, built as ``runner.run_trial`` builds them."""
     scenario = build_scenario(
-        dataset=cfg["dataset"], mode=cfg["mnist_mode"], num_tasks=int(cfg["num_batch"]),
-        setting=cfg["scenario"], cumulative=bool(cfg["cumul"]), seed=int(cfg["seed"]),
-        permute_first=bool(cfg["permute_first"]), class_order=cfg["class_order"],
-        data_root=cfg.get("data_root") or None, train_subset=cfg.get("train_subset") or None,
+        dataset=cfg.dataset, mode=cfg.mnist_mode, num_tasks=cfg.num_batch,
+        setting=cfg.scenario, cumulative=cfg.cumul, seed=cfg.seed,
+        permute_first=cfg.permute_first, class_order=cfg.class_order,
+        data_root=cfg.data_root or None, train_subset=cfg.train_subset or None,
         download=False, progress=False)
     model = build_model(cfg, scenario)
     learner = build_learner(cfg, model, scenario, runner._steps_per_task(scenario, cfg))
     return scenario, model, learner
 
 
-def linear_shapes(cfg: dict, scenario) -> List[tuple[int, int]]:
+def linear_shapes(cfg: Config, scenario) -> List[tuple[int, int]]:
     """(in, out) of the linear layers one example passes through: hidden layers, one head."""
     n_in = int(math.prod(scenario.input_shape))
-    units, layers = int(cfg["hidden_units"]), int(cfg["hidden_layers"])
+    units, layers = cfg.hidden_units, cfg.hidden_layers
     shapes = [(n_in if i == 0 else units, units) for i in range(layers)]
     return shapes + [(units, int(scenario.head_size))]
 
@@ -134,8 +134,8 @@ def measure_network(name: str, args, clock: str) -> List[Figure]:
     cfg = network_config(name, 10, args.batches * 128)
     scenario, model, learner = build(cfg)
     n_train = len(scenario.tasks[0].train_y)
-    steps = math.ceil(n_train / int(cfg["mb_size"]))
-    sizes = [min(int(cfg["mb_size"]), n_train - s * int(cfg["mb_size"])) for s in range(steps)]
+    steps = math.ceil(n_train / cfg.mb_size)
+    sizes = [min(cfg.mb_size, n_train - s * cfg.mb_size) for s in range(steps)]
     shapes = linear_shapes(cfg, scenario)
     bound = gemm_bound(shapes, sizes)
     bounds: List[Any] = []
@@ -143,8 +143,10 @@ def measure_network(name: str, args, clock: str) -> List[Figure]:
     next_task = iter(range(scenario.num_tasks))   # tasks start in order, as in a trial
 
     def train() -> None:
-        runner._train_task(learner, scenario, next(next_task), cfg, int(cfg["seed"]), "cpu",
-                           progress=False)
+        task = next(next_task)
+        ctx = TaskContext(task=task, num_tasks=scenario.num_tasks, scenario=scenario, model=model,
+                          device="cpu", seed=cfg.seed, steps=steps, epochs=1, batch_size=cfg.mb_size)
+        runner._train_task(learner, ctx, progress=False)
 
     def replay() -> None:
         bounds.append(bound())
@@ -158,7 +160,7 @@ def measure_network(name: str, args, clock: str) -> List[Figure]:
     epoch = statistics.median(getattr(s, clock) for s in train_s) * epoch_scale
     weights = sum(i * o for i, o in shapes)
     sparse_note = (" (dense-equivalent bound: the 90%-sparse layer is compared with the dense "
-                   "products)" if float(cfg["weight_sparsity_fc"]) < 1 else "")
+                   "products)" if cfg.weight_sparsity_fc < 1 else "")
     common = (f"epoch {epoch:.1f} s extrapolated from {args.repeats} x {steps} batches; GEMM rate "
               f"{rate / 1e9:.0f} GFLOP/s on the layer shapes; {clock} time{sparse_note}")
     extra = {"epoch_s": epoch, "gemm_rate_flops": rate, "weights": weights, "batches": steps,
@@ -221,7 +223,7 @@ def measure_eval(name: str, cfg: dict, scenario, model, epoch: float, args,
         f"{how50}, {all50:.1f} s; linear in T by construction", None,
         {"eval_all_s": all50, "method": how50}))
 
-    if _selected(name, args.stats) and bool(cfg["record_stats"]):
+    if _selected(name, args.stats) and cfg.record_stats:
         last = T - 1 if not args.quick else 0
         s = timed(lambda: model_stats.model_stats(model, scenario, last, device="cpu"))
         figures.append(Figure(

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from sparse_nte.config import ConfigError, list_experiments, load_config, parse_overrides
+from sparse_nte.errors import UsageError
+from sparse_nte.identity import folder_name, variant
+from sparse_nte.sweep import TrialSpec
 
 DEFAULT_CFG = Path("exps") / "exps_params.cfg"
-
-
-class UsageError(Exception):
-    """A command-line mistake: reported in one line, exit status 2."""
+MAX_SEED = 2**32 - 1
 
 
 def parse_seeds(text: str) -> List[int]:
@@ -39,6 +39,8 @@ def parse_seeds(text: str) -> List[int]:
             raise UsageError(f"--seeds {text!r}: expected integers like 0,1,2 or a range 0-4") from None
     if not seeds or min(seeds) < 0:
         raise UsageError(f"--seeds {text!r}: give at least one non-negative seed")
+    if max(seeds) > MAX_SEED:
+        raise UsageError(f"--seeds {text!r}: seeds must lie in 0..{MAX_SEED}")
     return sorted(seeds)
 
 
@@ -108,25 +110,37 @@ def _config_path(args) -> Path:
     return path
 
 
-def resolve_trials(args) -> List[dict]:
-    """The resolved config dict of every (experiment, seed) trial asked for."""
+def resolve_trials(args) -> List[TrialSpec]:
+    """Every (experiment, seed) trial asked for: its resolved Config and its results folder (the
+    experiment's name, or ``name+key=value...`` when ``--set`` changes its configuration)."""
     path = _config_path(args)
     overrides = parse_overrides(args.set)
     if args.data_root is not None:
+        if not Path(args.data_root).expanduser().is_dir():
+            raise UsageError(f"--data-root {args.data_root}: no such folder")
         overrides["data_root"] = args.data_root
+    seeds_asked = parse_seeds(args.seeds) if args.seeds else None
     trials = []
     for name in args.name:
         cfg = load_config(path, name, overrides)
-        seeds = parse_seeds(args.seeds) if args.seeds else [cfg.seed]
-        for seed in seeds:
-            trials.append(cfg.to_dict() if seed == cfg.seed
-                          else load_config(path, name, {**overrides, "seed": str(seed)}).to_dict())
+        folder = folder_name(name, variant(load_config(path, name), cfg))
+        for seed in seeds_asked or [cfg.seed]:
+            one = cfg if seed == cfg.seed else load_config(path, name, {**overrides, "seed": str(seed)})
+            trials.append(TrialSpec(one, folder))
     return trials
 
 
-def _print_config(cfg: dict) -> None:
+def _print_trial(spec: TrialSpec, results_dir: str, overwrite: bool, resume: bool) -> None:
+    from sparse_nte.results import checkpoint_path, result_path
+
+    cfg = spec.config
+    out = result_path(results_dir, spec.folder, spec.seed)
+    ckpt = checkpoint_path(results_dir, spec.folder, spec.seed)
+    action = ("run (overwrite)" if overwrite and (out.exists() or ckpt.exists()) else
+              "skip (finished; checked against this configuration when run)" if out.exists() else
+              "resume from its checkpoint" if resume and ckpt.exists() else "run")
+    print(f"[{spec.folder}]  seed {spec.seed}  -> {out}  ({action})")
     width = max(len(k) for k in cfg)
-    print(f"[{cfg['name']}]  seed {cfg['seed']}")
     for k, v in cfg.items():
         if k != "name":
             print(f"  {k.ljust(width)} = {v}")
@@ -166,8 +180,8 @@ def _main(args) -> int:
         raise UsageError("--ray and --workers are alternatives: Ray decides the parallelism")
     trials = resolve_trials(args)
     if args.dry_run:
-        for cfg in trials:
-            _print_config(cfg)
+        for spec in trials:
+            _print_trial(spec, args.results_dir, args.overwrite, args.resume)
         return 0
 
     from sparse_nte import sweep
@@ -183,11 +197,12 @@ def _main(args) -> int:
     else:
         outcomes = sweep.run_inline(trials, options)
     print(sweep.format_outcomes(outcomes), file=sys.stderr)
-    failed = [o for o in outcomes if o.status == "failed"]
+    failed = [o for o in outcomes if o.status in ("failed", "diverged")]
+    folders = list(dict.fromkeys(spec.folder for spec in trials))
     if args.plot:
-        for name in dict.fromkeys(cfg["name"] for cfg in trials):
-            for png in report.plot_experiment(args.results_dir, name):
+        for folder in folders:
+            for png in report.plot_experiment(args.results_dir, folder):
                 print(f"plot: {png}")
-    if len({cfg["name"] for cfg in trials}) > 1 or len(trials) > 1:
-        print(report.summary_table(args.results_dir, list(dict.fromkeys(c["name"] for c in trials))))
+    if len(trials) > 1:
+        print(report.summary_table(args.results_dir, folders))
     return 1 if failed else 0

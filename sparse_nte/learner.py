@@ -1,104 +1,150 @@
-"""The learner: optimizer (SGD / Adam / NTE) + weight constraints + plasticity schedule, behind
-the calls the runner makes (``on_task_start``, ``train_step``, ``stats``, ``history``).
+"""The learner: one learning rule, the weight constraints, one connectivity schedule, any
+continual-learning strategies, one data selection and any probes, composed behind the events of
+:mod:`sparse_nte.seams` (the runner calls ``on_task_start``, ``epoch_rows``, ``train_step``,
+``on_task_end``, ``stats``, ``state_dict``).
 
-- SGD and Adam minimise the batch-mean cross-entropy; NTE receives the per-example losses
-  (``reduction="none"``) and forms its own per-example gradients (:mod:`sparse_nte.nte`).
+- Rule (:mod:`sparse_nte.rules`, config ``learning_rule`` and ``optimizer``): computes and applies
+  the updates of each batch; its optimizer is built after the model with every head in it, so
+  every head trains.
 - Constraints: :func:`sparse_nte.dale.constrain_optimizer` re-applies the masks and Dale signs
-  right after every optimizer step, so weights read between steps already satisfy them (the
-  layers also re-apply them lazily before use, see :mod:`sparse_nte.layers`).
-- Plasticity: the schedule of ``config["plasticity"]`` (:mod:`sparse_nte.plasticity`), built
-  before training so that ERK allocation and task-wise growth see the initial masks.
-- The optimizer is built after the model with every head in it, so every head trains.
+  right after every step of the rule's optimizer, so weights read between steps already satisfy
+  them (the layers also re-apply them lazily before use, see :mod:`sparse_nte.layers`).
+- Schedule (:mod:`sparse_nte.plasticity`, config ``plasticity``): built after the rule, before
+  training, so that ERK allocation and task-wise growth see the initial masks.
+- Strategies (:mod:`sparse_nte.strategies`, config ``strategy``), selection
+  (:mod:`sparse_nte.selection`, config ``data_pruning``) and probes (:mod:`sparse_nte.probes`)
+  come from their registries; none of them is known to the runner.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from sparse_nte.config.groups.strategy import names as strategy_names
 from sparse_nte.dale import constrain_optimizer
-from sparse_nte.nte import NTE, build_nte_optimizer
 from sparse_nte.plasticity import build_schedule
+from sparse_nte.probes import PROBES
+from sparse_nte.rules import RULES
+from sparse_nte.seams import Batch, BuildEnv, Objective, Probe, Rule, Selection, Strategy, TaskContext
+from sparse_nte.selection import SELECTORS
+from sparse_nte.strategies import STRATEGIES
 
-__all__ = ["Learner", "build_optimizer", "build_learner"]
+if TYPE_CHECKING:  # pragma: no cover
+    from sparse_nte.config import Config
 
-
-def build_optimizer(config: Mapping[str, Any], model: nn.Module) -> torch.optim.Optimizer:
-    """``torch.optim.SGD`` (lr, momentum, nesterov, weight_decay), ``torch.optim.Adam`` (lr,
-    weight_decay) or the NTE optimizer (``nte_*`` keys), over every parameter of ``model``."""
-    kind = config["optimizer"]
-    if kind == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=float(config["lr"]),
-                               momentum=float(config["momentum"]), nesterov=bool(config["nesterov"]),
-                               weight_decay=float(config["weight_decay"]))
-    if kind == "adam":
-        return torch.optim.Adam(model.parameters(), lr=float(config["lr"]),
-                                weight_decay=float(config["weight_decay"]))
-    if kind == "nte":
-        return build_nte_optimizer(model, config)
-    raise ValueError(f"config key 'optimizer' = {kind!r}; valid: sgd, adam, nte")
+__all__ = ["Learner", "build_learner"]
 
 
 class Learner:
-    """Trains ``model`` one batch at a time; owns the optimizer, the constraint hook and the
-    plasticity schedule. ``step`` counts optimizer steps over the whole run."""
+    """Trains ``model`` one batch at a time. ``step`` counts optimizer steps over the whole run."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Any) -> None:
+    def __init__(self, model: nn.Module, rule: Rule, schedule: Any,
+                 strategies: Mapping[str, Strategy] = {}, selection: Optional[Selection] = None,
+                 probes: Mapping[str, Probe] = {}) -> None:
         self.model = model
-        self.optimizer = optimizer
+        self.rule = rule
         self.schedule = schedule
+        self.strategies: Dict[str, Strategy] = dict(strategies)
+        self.selection = selection
+        self.probes: Dict[str, Probe] = dict(probes)
+        self.objective = Objective(model, list(self.strategies.values()), selection)
         self.step = 0
-        self.multiplicative = isinstance(optimizer, NTE)
-        self._constraint_hook = constrain_optimizer(optimizer, model)
+        if any(s.needs_grad for s in self.strategies.values()):
+            rule.keep_grad = True  # type: ignore[attr-defined]
+        self._constraint_hook = (constrain_optimizer(rule.optimizer, model)
+                                 if rule.optimizer is not None else None)
 
-    def on_task_start(self, task: int) -> None:
-        self.schedule.on_task_start(task)
+    @property
+    def optimizer(self) -> Optional[torch.optim.Optimizer]:
+        return self.rule.optimizer
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> float:
-        """One optimizer step on a batch; returns the batch-mean loss."""
-        model, opt, sched = self.model, self.optimizer, self.schedule
-        if self.multiplicative:
-            sched.after_backward(self.step)
-            losses = opt.step(lambda: F.cross_entropy(model(x, t), y, reduction="none"))
-            loss = float(losses.mean())
-        else:
-            opt.zero_grad(set_to_none=True)
-            out = F.cross_entropy(model(x, t), y)
-            out.backward()
-            sched.after_backward(self.step)
-            opt.step()
-            loss = float(out.detach())
-        sched.after_step(self.step)
+    def _components(self) -> List[Any]:
+        sel = [self.selection] if self.selection is not None else []
+        return [self.rule, *self.strategies.values(), *sel, *self.probes.values()]
+
+    # -- events ----------------------------------------------------------------------------------
+    def on_task_start(self, ctx: TaskContext) -> None:
+        self.schedule.on_task_start(ctx.task)
+        for c in self._components():
+            c.on_task_start(ctx)
+
+    def epoch_rows(self, ctx: TaskContext, epoch: int) -> Optional[torch.Tensor]:
+        """Rows of the task's training set for ``epoch`` (None = every row)."""
+        return self.selection.rows(ctx, epoch) if self.selection is not None else None
+
+    def train_step(self, batch: Batch) -> float:
+        """One step of the rule on ``batch``; returns the batch-mean loss of the rows trained."""
+        for s in self.strategies.values():
+            batch = s.prepare(batch)
+        step = self.step
+        losses = self.rule.step(batch, self.objective, lambda: self.schedule.after_backward(step))
+        self.schedule.after_step(step)
+        for s in self.strategies.values():
+            s.after_step(batch, losses)
+        if self.selection is not None:
+            self.selection.observe(batch, losses)
         self.step += 1
-        return loss
+        return float(losses.mean())
 
+    def on_task_end(self, ctx: TaskContext) -> None:
+        for c in self._components():
+            c.on_task_end(ctx)
+
+    # -- results and checkpoints --------------------------------------------------------------------
     def stats(self) -> Dict[str, Any]:
-        """Per-task scalars for the results: the optimizer's own stats (NTE: guard count, log
-        total) and the number of steps so far."""
-        out: Dict[str, Any] = {"steps": self.step}
-        if self.multiplicative:
-            nte = self.optimizer.stats()
-            out.update({f"nte_{k}": nte[k] for k in ("guard_count", "live_experts", "dead_experts",
-                                                     "log_total")})
+        """Per-task statistics: steps so far, the rule's own (NTE: ``nte_*``), and one entry per
+        strategy (under ``strategy``), the selection (``selection``) and each probe (its name)."""
+        out: Dict[str, Any] = {"steps": self.step, **self.rule.stats()}
+        if self.strategies:
+            out["strategy"] = {n: s.stats() for n, s in self.strategies.items()}
+        if self.selection is not None:
+            out["selection"] = self.selection.stats()
+        for name, p in self.probes.items():
+            out[name] = p.stats()
         return out
 
     def history(self) -> List[dict]:
         return list(self.schedule.history)
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
-                "step": self.step}
+        return {"rule": self.rule.state_dict(), "schedule": self.schedule.state_dict(),
+                "step": self.step,
+                "strategies": {n: s.state_dict() for n, s in self.strategies.items()},
+                "selection": None if self.selection is None else self.selection.state_dict(),
+                "probes": {n: p.state_dict() for n, p in self.probes.items()}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.rule.load_state_dict(state["rule"])
         self.schedule.load_state_dict(state["schedule"])
         self.step = int(state["step"])
+        for n, s in self.strategies.items():
+            s.load_state_dict(state["strategies"][n])
+        if self.selection is not None:
+            self.selection.load_state_dict(state["selection"])
+        for n, p in self.probes.items():
+            p.load_state_dict(state["probes"][n])
+
+    def close(self) -> None:
+        for c in self._components():
+            c.close()
+        self.schedule.close()
+        if self._constraint_hook is not None:
+            self._constraint_hook.remove()
+            self._constraint_hook = None
 
 
-def build_learner(config: Mapping[str, Any], model: nn.Module, scenario: Any,
-                  steps_per_task: Sequence[int]) -> Learner:
-    optimizer = build_optimizer(config, model)
-    schedule = build_schedule(config, model, optimizer, list(steps_per_task), len(scenario.tasks))
-    return Learner(model, optimizer, schedule)
+def build_learner(config: "Config", model: nn.Module, scenario: Any, steps_per_task: Sequence[int],
+                  device: str = "cpu") -> Learner:
+    """The learner of ``config`` for ``model`` on ``scenario``: every component from its registry."""
+    env = BuildEnv(model=model, scenario=scenario, steps_per_task=tuple(steps_per_task), device=device)
+    rule = RULES[config.learning_rule](config, env)
+    env = replace(env, optimizer=rule.optimizer)
+    schedule = build_schedule(config, model, rule.optimizer, list(steps_per_task), len(scenario.tasks))
+    strategies = {n: STRATEGIES[n](config, env) for n in strategy_names(config.strategy)}
+    selection = (SELECTORS[config.data_pruning](config, env) if config.data_pruning != "none"
+                 else None)
+    probes = {n: build(config, env) for n, (enabled, build) in PROBES.items() if enabled(config)}
+    return Learner(model, rule, schedule, strategies, selection, probes)

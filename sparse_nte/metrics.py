@@ -11,7 +11,9 @@ With ``n`` trained tasks and ``b_j`` the accuracy of the randomly initialised ne
 - backward transfer (GEM):                              ``BWT = 1/(n-1) sum_{j<n-1} R[n-1, j] - R[j, j]``
 - forgetting (Chaudhry et al. 2018, "RWalk"):           ``F = 1/(n-1) sum_{j<n-1} max_{l<n-1} R[l, j] - R[n-1, j]``
 - forward transfer (GEM):                               ``FWT = 1/(n-1) sum_{1<=j<n} R[j-1, j] - b_j``
-- plasticity: the accuracy on each task right after learning it, ``R[j, j]``.
+- plasticity: the accuracy on each task right after learning it, ``R[j, j]``; their mean is the
+  learning accuracy (just-learned accuracy; Riemer et al. 2019, "Learning to learn without
+  forgetting by maximizing transfer and minimizing interference"): ``LA = 1/n sum_{j<n} R[j, j]``.
 
 With a single trained task, BWT, forgetting and FWT are undefined and reported as NaN.
 """
@@ -29,7 +31,8 @@ def continual_metrics(acc_matrix: np.ndarray, trained: Optional[int] = None,
     """Metrics of the first ``trained`` rows of ``acc_matrix`` (all rows by default).
 
     Returns a dict of builtins and numpy arrays: ``avg_acc``, ``bwt``, ``forgetting``, ``fwt``
-    (floats, NaN where undefined), ``plasticity`` (array of ``R[j, j]``) and ``avg_acc_curve``
+    (floats, NaN where undefined), ``learning_acc`` (mean of ``R[j, j]``), ``plasticity`` (array of
+    ``R[j, j]``) and ``avg_acc_curve``
     (average accuracy over the tasks seen so far, after each trained task).
     """
     r = np.asarray(acc_matrix, dtype=np.float64)
@@ -62,6 +65,7 @@ def continual_metrics(acc_matrix: np.ndarray, trained: Optional[int] = None,
         "bwt": bwt,
         "forgetting": forgetting,
         "fwt": fwt,
+        "learning_acc": float(diag.mean()),
         "plasticity": diag,
         "avg_acc_curve": curve,
     }

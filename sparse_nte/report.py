@@ -8,19 +8,24 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from sparse_nte.errors import ResultsError
+from sparse_nte.identity import describe_differences, differences
 from sparse_nte.results import load_result
 
-__all__ = ["collect", "summary_table", "plot_result", "plot_experiment"]
+__all__ = ["collect", "summary_table", "plot_result", "plot_experiment", "group_by_config"]
 
-SUMMARY_METRICS = ("avg_acc", "bwt", "forgetting", "fwt")
+SUMMARY_METRICS = ("avg_acc", "forgetting", "learning_acc", "bwt", "fwt")
 
 
-def collect(results_dir: os.PathLike, exp: str) -> Dict[int, dict]:
-    """Finished results of one experiment, by seed (empty if none)."""
+def collect(results_dir: os.PathLike, exp: str, problems: Optional[List[str]] = None) -> Dict[int, dict]:
+    """Results in one results folder (an experiment or a variant), by seed (empty if none).
+
+    A file that cannot be read is skipped and described in ``problems`` (when given) instead of
+    stopping the whole report."""
     folder = Path(results_dir) / exp
     out = {}
     for p in sorted(folder.glob("seed*.pkl")):
@@ -28,8 +33,31 @@ def collect(results_dir: os.PathLike, exp: str) -> Dict[int, dict]:
             seed = int(p.stem[len("seed"):])
         except ValueError:
             continue
-        out[seed] = load_result(p)
+        try:
+            res = load_result(p)
+            if "acc_matrix" not in res or "metrics" not in res:
+                raise ResultsError(f"{p} is not a result of this toolkit (no acc_matrix/metrics)")
+            out[seed] = res
+        except ResultsError as exc:
+            if problems is None:
+                raise
+            problems.append(f"skipped {exc}")
     return out
+
+
+def group_by_config(runs: Dict[int, dict]) -> List[Dict[int, dict]]:
+    """Split results by configuration: the seeds of one group share every key that defines what
+    a trial computes (so their metrics may be pooled); more than one group means the folder
+    holds results of different configurations (e.g. the experiment file changed between runs)."""
+    groups: List[Dict[int, dict]] = []
+    for seed, res in sorted(runs.items()):
+        for g in groups:
+            if not differences(next(iter(g.values())).get("config", {}), res.get("config", {})):
+                g[seed] = res
+                break
+        else:
+            groups.append({seed: res})
+    return groups
 
 
 def _mean_std(values: Sequence[float]) -> str:
@@ -42,25 +70,40 @@ def _mean_std(values: Sequence[float]) -> str:
 
 
 def summary_table(results_dir: os.PathLike, exps: Sequence[str]) -> str:
-    """A Markdown table: one row per experiment, metrics in percent as mean ± std over seeds
-    (sample standard deviation), the number of seeds and the mean wall time."""
-    header = ["experiment", "seeds"] + list(SUMMARY_METRICS) + ["time (min)"]
+    """A Markdown table: one row per experiment (per configuration, if a folder holds several),
+    metrics in percent as mean ± std over the finished seeds (sample standard deviation), the
+    number of seeds, diverged trials and the mean wall time. Unreadable files and results of
+    different configurations are named below the table, never pooled."""
+    header = ["experiment", "seeds", "diverged"] + list(SUMMARY_METRICS) + ["time (min)"]
     rows: List[List[str]] = []
+    notes: List[str] = []
     for exp in exps:
-        res = collect(results_dir, exp)
+        res = collect(results_dir, exp, notes)
         if not res:
-            rows.append([exp, "0"] + ["n/a"] * (len(SUMMARY_METRICS) + 1))
+            rows.append([exp, "0", "0"] + ["n/a"] * (len(SUMMARY_METRICS) + 1))
+            notes.append(f"{exp}: no results in {Path(results_dir) / exp}")
             continue
-        runs = list(res.values())
-        cells = [_mean_std([r["metrics"][m] for r in runs]) for m in SUMMARY_METRICS]
-        minutes = np.mean([r.get("elapsed_s", float("nan")) for r in runs]) / 60
-        rows.append([exp, str(len(runs))] + cells + [f"{minutes:.1f}"])
+        groups = group_by_config(res)
+        for k, group in enumerate(groups):
+            label = exp if len(groups) == 1 else f"{exp} (configuration {k + 1} of {len(groups)})"
+            if k > 0:
+                first = next(iter(groups[0].values())).get("config", {})
+                diff = differences(first, next(iter(group.values())).get("config", {}))
+                notes.append(f"{label}: seeds {sorted(group)} differ from seeds {sorted(groups[0])} in "
+                             f"{describe_differences(diff)}; not pooled")
+            done = [r for r in group.values() if r.get("status", "done") == "done"]
+            diverged = len(group) - len(done)
+            cells = [_mean_std([r["metrics"].get(m, float("nan")) for r in done]) for m in SUMMARY_METRICS]
+            minutes = np.mean([r.get("elapsed_s", float("nan")) for r in done]) / 60 if done else float("nan")
+            rows.append([label, str(len(done)), str(diverged)] + cells + [f"{minutes:.1f}"])
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     out = [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     out += [line(r) for r in rows]
-    out.append("Metrics in % (mean ± sample std over seeds): average accuracy after the last task, "
-               "backward transfer, forgetting, forward transfer.")
+    out.append("Metrics in % (mean ± sample std over finished seeds): average accuracy after the "
+               "last task, forgetting, just-learned (learning) accuracy, backward transfer, forward "
+               "transfer. Diverged trials are counted, never averaged.")
+    out += notes
     return "\n".join(out)
 
 
@@ -115,9 +158,11 @@ def plot_result(result: dict, out_png: os.PathLike, title: str = "") -> Path:
     return out_png
 
 
-def plot_experiment(results_dir: os.PathLike, exp: str) -> List[Path]:
-    """One PNG per finished seed, ``<results_dir>/<exp>/seed<k>.png``."""
+def plot_experiment(results_dir: os.PathLike, exp: str,
+                    problems: Optional[List[str]] = None) -> List[Path]:
+    """One PNG per finished seed, ``<results_dir>/<exp>/seed<k>.png`` (unreadable result files
+    are skipped and described in ``problems``)."""
     paths = []
-    for seed, res in collect(results_dir, exp).items():
+    for seed, res in collect(results_dir, exp, [] if problems is None else problems).items():
         paths.append(plot_result(res, Path(results_dir) / exp / f"seed{seed}.png", f"{exp} (seed {seed})"))
     return paths

@@ -1,17 +1,26 @@
-"""Result files: one pickle per (experiment, seed), written atomically, plus per-task checkpoints.
+"""Result files: one pickle per (experiment variant, seed), written atomically, plus per-task
+checkpoints.
 
-Layout::
+Layout (``<folder>`` is the experiment's name, or ``<name>+<overrides>`` for a run with ``--set``
+overrides, see :mod:`sparse_nte.identity`)::
 
-    <results_dir>/<exp>/seed<k>.pkl        the finished run (dict of builtins and numpy arrays)
-    <results_dir>/<exp>/seed<k>.ckpt       torch checkpoint after the last finished task (removed
+    <results_dir>/<folder>/seed<k>.pkl     the finished run (dict of builtins and numpy arrays)
+    <results_dir>/<folder>/seed<k>.ckpt    torch checkpoint after the last finished task (removed
                                            when the run finishes)
+    <results_dir>/<folder>/seed<k>.log     every attempt's messages and tracebacks
+    <results_dir>/<folder>/variant.json    the overrides that define a variant folder
 
 A file is written to a temporary name in the same folder and renamed over the target
 (``os.replace``, atomic on POSIX and Windows), so a reader never sees half a file and a killed
-writer leaves the previous version intact.
+writer leaves the previous version intact. The content is produced in memory first, so a full
+disk or a permission error is reported as such (``No space left on device``), never as a
+truncated file. Files get the permissions of the process's umask (like any file it creates),
+so lab-mates can read a shared results folder.
 """
 from __future__ import annotations
 
+import errno
+import io
 import os
 import pickle
 import platform
@@ -23,39 +32,91 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from sparse_nte.errors import ResultsError
+
 __all__ = [
-    "result_path", "checkpoint_path", "atomic_write", "save_result", "load_result",
-    "check_plain", "versions",
+    "result_path", "checkpoint_path", "log_path", "atomic_write", "atomic_write_bytes",
+    "save_result", "load_result", "check_plain", "versions", "os_error_text",
 ]
 
 
-def result_path(results_dir: os.PathLike, exp: str, seed: int) -> Path:
-    return Path(results_dir) / exp / f"seed{seed}.pkl"
+def result_path(results_dir: os.PathLike, folder: str, seed: int) -> Path:
+    return Path(results_dir) / folder / f"seed{seed}.pkl"
 
 
-def checkpoint_path(results_dir: os.PathLike, exp: str, seed: int) -> Path:
-    return Path(results_dir) / exp / f"seed{seed}.ckpt"
+def checkpoint_path(results_dir: os.PathLike, folder: str, seed: int) -> Path:
+    return Path(results_dir) / folder / f"seed{seed}.ckpt"
 
 
-def atomic_write(path: os.PathLike, write: Callable[[Any], None]) -> Path:
-    """Call ``write(fileobj)`` on a temporary file beside ``path``, fsync it and rename it over
-    ``path``. On any error the temporary file is removed and ``path`` is untouched."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def log_path(results_dir: os.PathLike, folder: str, seed: int) -> Path:
+    return Path(results_dir) / folder / f"seed{seed}.log"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def os_error_text(exc: OSError) -> str:
+    """``"No space left on device"`` etc.: the system's words for an OSError."""
+    if exc.errno is not None:
+        return os.strerror(exc.errno)
+    return str(exc) or type(exc).__name__
+
+
+def _make_folder(folder: Path) -> None:
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ResultsError(f"{folder} exists but is not a folder; remove or rename it, or pass "
+                           f"--results-dir DIR") from None
+    except OSError as exc:
+        raise ResultsError(f"cannot create the results folder {folder}: {os_error_text(exc)}; "
+                           f"pass --results-dir DIR to write elsewhere") from None
+    if not folder.is_dir():
+        raise ResultsError(f"{folder} exists but is not a folder; remove or rename it, or pass "
+                           f"--results-dir DIR")
+
+
+def atomic_write_bytes(path: os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to a temporary file beside ``path``, fsync it and rename it over ``path``,
+    with the umask's permissions. On any error the temporary file is removed, ``path`` is
+    untouched and a :class:`ResultsError` names the file and the system's reason."""
+    path = Path(path)
+    _make_folder(path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise ResultsError(f"cannot write in {path.parent}: {os_error_text(exc)}; check its "
+                           f"permissions, or pass --results-dir DIR") from None
+    try:
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, path)
+        except OSError as exc:
+            hint = ("free some space" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                    else "check the folder's permissions")
+            raise ResultsError(f"cannot write {path}: {os_error_text(exc)}; {hint}, or pass "
+                               f"--results-dir DIR") from None
     except BaseException:
         try:
             os.unlink(tmp)
-        except FileNotFoundError:
+        except OSError:
             pass
         raise
     return path
+
+
+def atomic_write(path: os.PathLike, write: Callable[[Any], None]) -> Path:
+    """Call ``write(fileobj)`` on an in-memory buffer, then :func:`atomic_write_bytes`."""
+    buf = io.BytesIO()
+    write(buf)
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 _PLAIN = (str, int, float, bool, type(None), np.ndarray, np.generic)
@@ -63,20 +124,21 @@ _PLAIN = (str, int, float, bool, type(None), np.ndarray, np.generic)
 
 def check_plain(obj: Any, where: str = "result") -> None:
     """Raise TypeError if ``obj`` holds anything but builtins and numpy arrays (so the pickle
-    loads without this package, or torch, installed)."""
+    loads without this package, or torch, installed). Subclasses of builtins (torch's
+    ``TorchVersion`` is a ``str``) are refused too: unpickling them needs their module."""
     if isinstance(obj, np.ndarray):
         if obj.dtype == object:
             raise TypeError(f"{where}: numpy object arrays are not allowed")
         return
-    if isinstance(obj, _PLAIN):
+    if isinstance(obj, np.generic) or type(obj) in (str, int, float, bool, type(None)):
         return
-    if isinstance(obj, dict):
+    if type(obj) is dict:
         for k, v in obj.items():
-            if not isinstance(k, (str, int)):
+            if type(k) not in (str, int):
                 raise TypeError(f"{where}: dict key {k!r} is not a str/int")
             check_plain(v, f"{where}[{k!r}]")
         return
-    if isinstance(obj, (list, tuple)):
+    if type(obj) in (list, tuple):
         for i, v in enumerate(obj):
             check_plain(v, f"{where}[{i}]")
         return
@@ -86,12 +148,24 @@ def check_plain(obj: Any, where: str = "result") -> None:
 def save_result(path: os.PathLike, result: dict) -> Path:
     """Validate that ``result`` is plain data and write it atomically as a pickle."""
     check_plain(result)
-    return atomic_write(path, lambda f: pickle.dump(result, f, protocol=pickle.HIGHEST_PROTOCOL))
+    return atomic_write_bytes(path, pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def load_result(path: os.PathLike) -> dict:
-    with open(path, "rb") as f:
-        return pickle.load(f)
+    """The result pickled at ``path``; a :class:`ResultsError` naming the file if it cannot be
+    read or is not a result."""
+    try:
+        with open(path, "rb") as f:
+            out = pickle.load(f)
+    except OSError as exc:
+        raise ResultsError(f"cannot read {path}: {os_error_text(exc)}") from None
+    except Exception as exc:  # UnpicklingError, EOFError, ModuleNotFoundError, ...
+        raise ResultsError(f"{path} is not a readable result ({type(exc).__name__}: {exc}); move it "
+                           f"away, or run the trial again with --overwrite") from None
+    if not isinstance(out, dict):
+        raise ResultsError(f"{path} is not a result of this toolkit (a {type(out).__name__}, not a "
+                           f"dict); move it away, or run the trial again with --overwrite")
+    return out
 
 
 def _git_commit() -> str:
@@ -109,7 +183,8 @@ def _git_commit() -> str:
 
 
 def versions(extra: Iterable[str] = ()) -> dict:
-    """Versions of Python, the key packages and the git commit of this checkout."""
+    """Versions of Python, the key packages and the git commit of this checkout, as plain
+    ``str`` (torch's version string is a ``str`` subclass that needs torch to unpickle)."""
     import torch
 
     import sparse_nte
@@ -117,14 +192,14 @@ def versions(extra: Iterable[str] = ()) -> dict:
     info = {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "sparse_nte": sparse_nte.__version__,
+        "torch": str(torch.__version__),
+        "numpy": str(np.__version__),
+        "sparse_nte": str(sparse_nte.__version__),
         "git_commit": _git_commit(),
     }
     for name in extra:
         try:
-            info[name] = __import__(name).__version__
+            info[name] = str(__import__(name).__version__)
         except (ImportError, AttributeError):
             info[name] = "not installed"
     return info

@@ -1,18 +1,32 @@
-"""The continual-learning loop of one trial, i.e. one (experiment, seed). Read it top to bottom.
+"""The continual-learning loop of one trial, i.e. one (experiment variant, seed). Read it top to
+bottom.
 
-    config ──► scenario (tasks) ──► model ──► learner (optimizer + constraints + plasticity)
+    config ──► scenario (tasks) ──► model ──► learner (rule + constraints + schedule + strategies
+                                                       + selection + probes)
     for each task i:
-        train `train_ep` (i = 0) or `train_ep_inc` (i > 0) epochs on task i (or tasks 0..i if cumul)
+        learner.on_task_start; train `train_ep` (i = 0) or `train_ep_inc` (i > 0) epochs on task i
+        (or tasks 0..i if cumul), each epoch on the rows the selection keeps; learner.on_task_end
         evaluate every task j (also those not trained yet) ──► row i of the accuracy matrix R
         record stats, write a checkpoint (atomically)
-    metrics from the trained rows ──► results/<exp>/seed<k>.pkl (atomically), checkpoint removed
+    metrics from the trained rows ──► <results>/<folder>/seed<k>.pkl (atomically), checkpoint removed
+
+Identity: the stored result or checkpoint of a trial is reused only if its configuration is the
+requested one (:mod:`sparse_nte.identity`); otherwise the trial stops with a
+:class:`~sparse_nte.errors.ResultsError` / :class:`~sparse_nte.errors.CheckpointError` naming the
+keys that differ.
+
+Divergence: a non-finite training loss, non-finite weights, or a rule reporting that it can no
+longer be trusted (:meth:`sparse_nte.seams.Rule.unhealthy`) ends the trial with status
+``diverged``: the result is saved with that status, the accuracy rows of the tasks trained so far,
+and NaN metrics, so it can never be mistaken for a score.
 
 Determinism: the same config and seed give the same accuracy matrix on CPU, whether or not the
 run was interrupted and resumed: every source of randomness is seeded from (seed, task, epoch)
-or saved in the checkpoint (torch's global RNG for dropout, the plasticity schedule's RNG).
+or saved in the checkpoint (torch's global RNG for dropout, the components' own state).
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 import time
@@ -22,23 +36,34 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from sparse_nte import stats as model_stats
+from sparse_nte.config import Config, config_from_dict
+from sparse_nte.errors import CheckpointError, DivergedError, ResultsError
+from sparse_nte.identity import describe_differences, differences
 from sparse_nte.layers import update_boost_strength
 from sparse_nte.learner import Learner, build_learner
 from sparse_nte.metrics import continual_metrics
-from sparse_nte.results import (atomic_write, checkpoint_path, load_result, result_path, save_result,
-                                versions)
+from sparse_nte.results import (atomic_write_bytes, checkpoint_path, load_result, os_error_text,
+                                result_path, save_result, versions)
+from sparse_nte.seams import Batch, TaskContext
 
-__all__ = ["run_trial", "evaluate", "TrialResult"]
+__all__ = ["run_trial", "evaluate", "TrialResult", "as_config", "STATUSES"]
 
 EVAL_BATCH = 2048
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
+#: Statuses of a trial: ``done`` (ran now), ``skipped`` (its result existed), ``diverged``
+#: (training stopped being finite; saved as such), ``failed`` (an error; nothing saved).
+STATUSES = ("done", "skipped", "diverged", "failed")
 
 
 class TrialResult(dict):
-    """The result dict of a trial plus ``status``: "done" (ran now) or "skipped" (existed)."""
+    """The result dict of a trial plus ``status`` (one of :data:`STATUSES`)."""
+
+
+def as_config(config: Any) -> Config:
+    """A :class:`Config` as is; a mapping (e.g. a results file's config) validated into one."""
+    return config if isinstance(config, Config) else config_from_dict(config)
 
 
 def _seed_everything(seed: int) -> None:
@@ -56,7 +81,8 @@ def _shuffle_generator(seed: int, task: int, epoch: int) -> torch.Generator:
 @torch.inference_mode()
 def evaluate(model: nn.Module, scenario, task_index: int, after_task: int, device: str = "cpu",
              batch_size: int = EVAL_BATCH) -> float:
-    """Test accuracy on task ``task_index`` after training task ``after_task``.
+    """Test accuracy on task ``task_index`` after training task ``after_task`` (exact: every test
+    example counted once).
 
     Class-incremental: the prediction is the argmax over the classes seen up to ``after_task``.
     """
@@ -80,89 +106,171 @@ def _evaluate_all(model, scenario, after_task: int, device: str) -> np.ndarray:
     return np.array([evaluate(model, scenario, j, after_task, device) for j in range(len(scenario.tasks))])
 
 
-def _epochs(config: Mapping[str, Any], task: int) -> int:
-    return int(config["train_ep"] if task == 0 else config["train_ep_inc"])
+def _epochs(config: Config, task: int) -> int:
+    return config.train_ep if task == 0 else config.train_ep_inc
 
 
-def _steps_per_task(scenario, config) -> List[int]:
-    mb = int(config["mb_size"])
+def _steps_per_task(scenario, config: Config) -> List[int]:
+    mb = config.mb_size
     return [math.ceil(len(t.train_y) / mb) * _epochs(config, i) for i, t in enumerate(scenario.tasks)]
 
 
-def _train_task(learner: Learner, scenario, task: int, config, seed: int, device: str,
-                progress: bool) -> Dict[str, float]:
+def _nonfinite_parameter(model: nn.Module) -> Optional[str]:
+    """The name of the first parameter with a NaN or infinite entry, or None (one sum each)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not bool(torch.isfinite(p.detach().sum())) and not bool(torch.isfinite(p).all()):
+                return name
+    return None
+
+
+def _train_task(learner: Learner, ctx: TaskContext, progress: bool) -> Dict[str, float]:
     from tqdm.auto import tqdm
 
-    model = learner.model
-    epochs = _epochs(config, task)
-    mb = int(config["mb_size"])
-    losses = []
-    learner.on_task_start(task)
-    for epoch in tqdm(range(epochs), desc=f"task {task} epochs", leave=False, disable=not progress):
+    model, scenario = learner.model, ctx.scenario
+    losses: List[float] = []
+    last_epoch: List[float] = []
+    learner.on_task_start(ctx)
+    for epoch in tqdm(range(ctx.epochs), desc=f"task {ctx.task} epochs", leave=False, disable=not progress):
         model.train()
-        gen = _shuffle_generator(seed, task, epoch)
-        n_batches = math.ceil(len(scenario.tasks[task].train_y) / mb)
-        batches = scenario.batches(task, "train", batch_size=mb, shuffle=True, generator=gen, device=device)
-        for x, y, t in tqdm(batches, total=n_batches, desc="batches", leave=False, disable=not progress,
-                            mininterval=0.5):
-            losses.append(learner.train_step(x, y, t))
+        gen = _shuffle_generator(ctx.seed, ctx.task, epoch)
+        rows = learner.epoch_rows(ctx, epoch)
+        n_rows = len(scenario.tasks[ctx.task].train_y) if rows is None else int(rows.numel())
+        batches = scenario.batches(ctx.task, "train", batch_size=ctx.batch_size, shuffle=True,
+                                   generator=gen, device=ctx.device, rows=rows, with_index=True)
+        last_epoch = []
+        for x, y, t, index in tqdm(batches, total=math.ceil(n_rows / ctx.batch_size), desc="batches",
+                                   leave=False, disable=not progress, mininterval=0.5):
+            loss = learner.train_step(Batch(x, y, t, index))
+            if not math.isfinite(loss):
+                raise DivergedError(f"the training loss is {loss}", task=ctx.task, epoch=epoch,
+                                    step=learner.step - 1)
+            last_epoch.append(loss)
+        losses.extend(last_epoch)
         model.apply(update_boost_strength)
-    return {"train_loss_last_epoch": float(np.mean(losses[-n_batches:])) if losses else float("nan")}
+        bad = _nonfinite_parameter(model)
+        why = (f"parameter {bad} is not finite" if bad is not None else learner.rule.unhealthy())
+        if why is not None:
+            raise DivergedError(why, task=ctx.task, epoch=epoch, step=learner.step - 1)
+    learner.on_task_end(ctx)
+    return {"train_loss_last_epoch": float(np.mean(last_epoch)) if last_epoch else float("nan")}
 
 
-def _warn_if_schedule_never_fires(config: Mapping[str, Any], steps: List[int], log) -> None:
+def _warn_if_schedule_never_fires(config: Config, steps: List[int], log) -> None:
     """SET, RigL and NTE pruning act every ``plasticity_interval`` steps during the first
     ``plasticity_end`` of each task: say so when no task is long enough for a single event."""
-    if config.get("plasticity") not in ("set", "rigl", "nte_prune"):
+    if config.plasticity not in ("set", "rigl", "nte_prune"):
         return
-    window = max(int(config["plasticity_end"] * s) for s in steps)
-    if window < int(config["plasticity_interval"]):
-        log(f"[{config['name']} seed {config['seed']}] warning: plasticity = {config['plasticity']} "
-            f"will never act: plasticity_interval = {config['plasticity_interval']} steps, but "
+    window = max(int(config.plasticity_end * s) for s in steps)
+    if window < config.plasticity_interval:
+        log(f"[{config.name} seed {config.seed}] warning: plasticity = {config.plasticity} "
+            f"will never act: plasticity_interval = {config.plasticity_interval} steps, but "
             f"updates stop after {window} steps of the longest task (plasticity_end = "
-            f"{config['plasticity_end']} x {max(steps)} steps); lower plasticity_interval")
+            f"{config.plasticity_end} x {max(steps)} steps); lower plasticity_interval")
 
 
-def run_trial(config: Mapping[str, Any], results_dir: os.PathLike = "results", *, device: str = "cpu",
-              overwrite: bool = False, resume: bool = True, progress: bool = True,
+def reusable_result(out: Path, config: Config) -> Optional[dict]:
+    """The stored result at ``out`` if it is one of ``config``; ResultsError if it is another
+    configuration's; None if there is none."""
+    if not out.exists():
+        return None
+    stored = load_result(out)
+    if "config" not in stored:
+        raise ResultsError(f"{out} is not a result of this toolkit (no config); move it away, or run "
+                           f"with --overwrite")
+    diff = differences(stored["config"], config.to_dict())
+    if diff:
+        raise ResultsError(f"{out} holds the result of another configuration "
+                           f"({describe_differences(diff)}); run with --overwrite to replace it, "
+                           f"or pass --results-dir DIR to keep both")
+    return stored
+
+
+def _load_checkpoint(ckpt: Path, config: Config, device: str) -> dict:
+    try:
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+    except Exception as exc:  # EOFError, UnpicklingError, zip errors, ...
+        raise CheckpointError(f"checkpoint {ckpt} cannot be read ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''}); run with --no-resume to "
+                              f"start this trial again") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"checkpoint {ckpt} has format {found}, this version writes "
+                              f"{CHECKPOINT_FORMAT}; run with --no-resume to start this trial again")
+    diff = differences(state["config"], config.to_dict())
+    if diff:
+        raise CheckpointError(f"checkpoint {ckpt} was written by another configuration "
+                              f"({describe_differences(diff)}); run with --no-resume to start this "
+                              f"trial again, or --results-dir DIR to keep both")
+    return state
+
+
+def _save_checkpoint(ckpt: Path, state: dict) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(ckpt, buf.getvalue())
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise ResultsError(f"cannot remove {path}: {os_error_text(exc)}") from None
+
+
+def _nan_metrics(num_tasks: int) -> dict:
+    nan = float("nan")
+    return {"avg_acc": nan, "bwt": nan, "forgetting": nan, "fwt": nan, "learning_acc": nan,
+            "plasticity": np.full(num_tasks, np.nan), "avg_acc_curve": np.full(num_tasks, np.nan)}
+
+
+def run_trial(config: Any, results_dir: os.PathLike = "results", *, folder: Optional[str] = None,
+              device: str = "cpu", overwrite: bool = False, resume: bool = True, progress: bool = True,
               log: Callable[[str], None] = print,
               after_task_hook: Optional[Callable[[int], None]] = None) -> TrialResult:
     """Run (or resume, or skip) one trial and return its result.
 
-    ``config`` is the resolved plain dict of one experiment (``sparse_nte.config``), including
-    ``name`` and ``seed``. The result is written to ``results/<name>/seed<seed>.pkl``. With
-    ``resume`` a checkpoint left by an interrupted run is continued; ``overwrite`` discards both
-    the result and the checkpoint. ``after_task_hook(i)`` runs after task i's checkpoint is
-    written (tests use it to simulate a crash).
+    ``config`` is the :class:`Config` of one experiment (a mapping is validated into one),
+    including ``name`` and ``seed``. The result is written to
+    ``<results_dir>/<folder>/seed<seed>.pkl`` (``folder`` defaults to the experiment's name; the
+    CLI gives variants their own, :func:`sparse_nte.identity.folder_name`). With ``resume`` a
+    checkpoint left by an interrupted run of the same configuration is continued; ``overwrite``
+    discards both the result and the checkpoint. ``after_task_hook(i)`` runs after task i's
+    checkpoint is written (tests use it to simulate a crash).
     """
     from benchmarks import build_scenario
     from models import build_model
     from tqdm.auto import tqdm
 
-    config = dict(config)
-    exp, seed = str(config["name"]), int(config["seed"])
-    out = result_path(results_dir, exp, seed)
-    ckpt = checkpoint_path(results_dir, exp, seed)
+    config = as_config(config)
+    exp, seed = config.name, config.seed
+    folder = folder or exp
+    out = result_path(results_dir, folder, seed)
+    ckpt = checkpoint_path(results_dir, folder, seed)
     if overwrite:
-        for p in (out, ckpt):
-            if p.exists():
-                p.unlink()
-    elif out.exists():
-        res = TrialResult(load_result(out))
-        res["status"] = "skipped"
-        return res
+        _remove(out)
+        _remove(ckpt)
+    else:
+        stored = reusable_result(out, config)
+        if stored is not None:
+            res = TrialResult(stored)
+            res["status"] = "skipped"
+            return res
 
     _seed_everything(seed)
     scenario = build_scenario(
-        dataset=config["dataset"], mode=config["mnist_mode"], num_tasks=int(config["num_batch"]),
-        setting=config["scenario"], cumulative=bool(config["cumul"]), seed=seed,
-        permute_first=bool(config["permute_first"]), class_order=config["class_order"],
-        data_root=config.get("data_root") or None, train_subset=config.get("train_subset") or None,
+        dataset=config.dataset, mode=config.mnist_mode, num_tasks=config.num_batch,
+        setting=config.scenario, cumulative=config.cumul, seed=seed,
+        permute_first=config.permute_first, class_order=config.class_order,
+        data_root=config.data_root or None, train_subset=config.train_subset or None,
     )
+    log(f"[{exp} seed {seed}] data: {config.dataset} from {scenario.source}")
     model = build_model(config, scenario).to(device)
     num_tasks = len(scenario.tasks)
     steps = _steps_per_task(scenario, config)
-    learner = build_learner(config, model, scenario, steps)
+    learner = build_learner(config, model, scenario, steps, device)
     _warn_if_schedule_never_fires(config, steps, log)
 
     acc = np.full((num_tasks, num_tasks), np.nan)
@@ -171,11 +279,7 @@ def run_trial(config: Mapping[str, Any], results_dir: os.PathLike = "results", *
     start_task = 0
     random_init_acc = None
     if resume and ckpt.exists():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
-        if state.get("format") != CHECKPOINT_FORMAT or state["config"] != config:
-            raise RuntimeError(
-                f"checkpoint {ckpt} was written by a different configuration or version; "
-                f"run with --overwrite to start this trial again")
+        state = _load_checkpoint(ckpt, config, device)
         model.load_state_dict(state["model"])
         learner.load_state_dict(state["learner"])
         acc, stats, elapsed = state["acc"], state["stats"], state["elapsed_s"]
@@ -186,44 +290,62 @@ def run_trial(config: Mapping[str, Any], results_dir: os.PathLike = "results", *
     if random_init_acc is None:
         random_init_acc = _evaluate_all(model, scenario, num_tasks - 1, device)
 
-    record = bool(config["record_stats"])
+    diverged: Optional[DivergedError] = None
+    trained = start_task
     for i in tqdm(range(start_task, num_tasks), desc=f"{exp} seed {seed}", initial=start_task,
                   total=num_tasks, disable=not progress):
         t0 = time.perf_counter()
-        train_info = _train_task(learner, scenario, i, config, seed, device, progress)
+        ctx = TaskContext(task=i, num_tasks=num_tasks, scenario=scenario, model=model, device=device,
+                          seed=seed, steps=steps[i], epochs=_epochs(config, i),
+                          batch_size=config.mb_size)
+        try:
+            train_info = _train_task(learner, ctx, progress)
+        except DivergedError as exc:
+            diverged = exc
+            log(f"[{exp} seed {seed}] {exc}")
+            break
         t_train = time.perf_counter() - t0
         acc[i] = _evaluate_all(model, scenario, i, device)
         t_eval = time.perf_counter() - t0 - t_train
-        task_stats = {"task": i, "train_s": t_train, "eval_s": t_eval, **train_info,
-                      **learner.stats()}
-        if record:
+        task_stats = {"task": i, "train_s": t_train, "eval_s": t_eval, **train_info, **learner.stats()}
+        if config.record_stats:
             task_stats.update(model_stats.model_stats(model, scenario, i, device=device))
         stats["per_task"].append(task_stats)
         elapsed += time.perf_counter() - t0
+        trained = i + 1
         log(f"[{exp} seed {seed}] task {i}: acc on seen tasks "
             + " ".join(f"{100 * a:.1f}" for a in acc[i, : i + 1]) + f"  ({t_train:.1f}s train)")
         state = {
-            "format": CHECKPOINT_FORMAT, "config": config, "model": model.state_dict(),
+            "format": CHECKPOINT_FORMAT, "config": config.to_dict(), "model": model.state_dict(),
             "learner": learner.state_dict(), "acc": acc, "stats": stats, "elapsed_s": elapsed,
             "random_init_acc": random_init_acc, "torch_rng": torch.get_rng_state(), "next_task": i + 1,
         }
-        atomic_write(ckpt, lambda f: torch.save(state, f))
+        _save_checkpoint(ckpt, state)
         if after_task_hook is not None:
             after_task_hook(i)
+    learner.close()
 
+    if diverged is None:
+        metrics = continual_metrics(acc, random_init_acc=random_init_acc)
+    else:
+        metrics = _nan_metrics(num_tasks)
     result = {
-        "config": config,
+        "config": config.to_dict(),
+        "status": "done" if diverged is None else "diverged",
         "acc_matrix": acc,
         "random_init_acc": np.asarray(random_init_acc),
-        "metrics": continual_metrics(acc, random_init_acc=random_init_acc),
+        "metrics": metrics,
         "stats": model_stats.finalize(stats, learner.history()),
         "versions": versions(),
         "elapsed_s": float(elapsed),
-        "tasks_trained": num_tasks,
+        "tasks_trained": int(trained),
+        "data_folder": str(scenario.source),
     }
+    if diverged is not None:
+        result["diverged"] = {"task": diverged.task, "epoch": diverged.epoch, "step": diverged.step,
+                              "reason": diverged.reason}
     save_result(out, result)
-    if ckpt.exists():
-        ckpt.unlink()
+    _remove(ckpt)
     res = TrialResult(result)
-    res["status"] = "done"
+    res["status"] = result["status"]
     return res

@@ -233,6 +233,10 @@ class Objective:
                 losses = losses + extra
         return losses
 
+    def has_penalty(self) -> bool:
+        """Some strategy may add a parameter penalty."""
+        return any(s.uses_loss for s in self.strategies)
+
     def penalty(self) -> Optional[torch.Tensor]:
         total: Optional[torch.Tensor] = None
         for s in self.strategies:
@@ -263,6 +267,12 @@ class Rule(Component, abc.ABC):
              before_update: Callable[[], None]) -> torch.Tensor:
         """Train on ``batch``; call ``before_update()`` after the gradients exist and before the
         weights change. Returns the detached per-example losses (B,) of the batch as trained."""
+
+    def unhealthy(self) -> Optional[str]:
+        """Why training can no longer be trusted since the last call (e.g. a numerical guard
+        clamped a large share of terms), or None. The runner checks it after every epoch and
+        ends the trial as ``diverged`` when it is not None."""
+        return None
 
 
 class Builder(Protocol):

@@ -38,10 +38,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from sparse_nte.results import load_result, result_path
+from sparse_nte.errors import ConfigError, ResultsError, TrialError, UsageError
+from sparse_nte.results import log_path, result_path
 
-__all__ = ["TrialOptions", "Outcome", "run_inline", "run_local", "run_ray", "format_outcomes",
-           "trial_log_path", "available_cores"]
+__all__ = ["TrialOptions", "TrialSpec", "Outcome", "run_inline", "run_local", "run_ray",
+           "format_outcomes", "trial_log_path", "available_cores", "as_spec"]
 
 #: Ray reads this variable when it is imported: "0" makes a local instance use 127.0.0.1 as its
 #: node address, and then every Ray server of the instance listens on the loopback interface only
@@ -59,14 +60,47 @@ class TrialOptions:
     threads: Optional[int] = None
 
 
+@dataclass(frozen=True)
+class TrialSpec:
+    """One trial: its resolved config (a Config, or its plain dict across processes) and the
+    results folder it writes to (the experiment's name, or a variant's,
+    :func:`sparse_nte.identity.folder_name`)."""
+
+    config: Any
+    folder: str
+
+    @property
+    def seed(self) -> int:
+        return int(self.config["seed"])
+
+    @property
+    def name(self) -> str:
+        return str(self.config["name"])
+
+    def to_json(self) -> dict:
+        cfg = self.config.to_dict() if hasattr(self.config, "to_dict") else dict(self.config)
+        return {"config": cfg, "folder": self.folder}
+
+
+def as_spec(trial: Any) -> TrialSpec:
+    """A TrialSpec as is; a Config or config dict as the trial of its experiment's own folder."""
+    if isinstance(trial, TrialSpec):
+        return trial
+    return TrialSpec(trial, str(trial["name"]))
+
+
 @dataclass
 class Outcome:
     name: str
     seed: int
-    status: str                      # "done" | "skipped" | "failed"
+    status: str                      # "done" | "skipped" | "diverged" | "failed"
     error: str = ""
     seconds: float = 0.0
     metrics: Dict[str, float] = field(default_factory=dict)
+    folder: str = ""
+
+    def __post_init__(self) -> None:
+        self.folder = self.folder or self.name
 
 
 def available_cores() -> int:
@@ -76,20 +110,20 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def trial_log_path(results_dir: os.PathLike, name: str, seed: int) -> Path:
-    return Path(results_dir) / name / f"seed{seed}.log"
+def trial_log_path(results_dir: os.PathLike, folder: str, seed: int) -> Path:
+    return log_path(results_dir, folder, seed)
 
 
-def _log_header(config: dict) -> str:
+def _log_header(spec: TrialSpec) -> str:
     """First line of every attempt at a trial in its log (the pid identifies the process)."""
-    return f"[pid {os.getpid()}] starting {config['name']} seed {config['seed']}"
+    return f"[pid {os.getpid()}] starting {spec.folder} seed {spec.seed}"
 
 
 def _scalar_metrics(result: dict) -> Dict[str, float]:
     return {k: float(v) for k, v in result.get("metrics", {}).items() if isinstance(v, (int, float))}
 
 
-def execute_trial(config: dict, options: TrialOptions, log: Callable[[str], None] = print) -> Outcome:
+def execute_trial(spec: TrialSpec, options: TrialOptions, log: Callable[[str], None] = print) -> Outcome:
     """Run one trial here and now (used by every backend); exceptions propagate."""
     import torch
 
@@ -98,47 +132,80 @@ def execute_trial(config: dict, options: TrialOptions, log: Callable[[str], None
     if options.threads:
         torch.set_num_threads(int(options.threads))
     t0 = time.perf_counter()
-    res = run_trial(config, options.results_dir, device=options.device, overwrite=options.overwrite,
-                    resume=options.resume, progress=options.progress, log=log)
-    return Outcome(config["name"], int(config["seed"]), res["status"],
-                   seconds=time.perf_counter() - t0, metrics=_scalar_metrics(res))
+    res = run_trial(spec.config, options.results_dir, folder=spec.folder, device=options.device,
+                    overwrite=options.overwrite, resume=options.resume, progress=options.progress,
+                    log=log)
+    error = ""
+    if res["status"] == "diverged":
+        d = res["diverged"]
+        error = (f"diverged at task {d['task']}, epoch {d['epoch']}, step {d['step']}: {d['reason']} "
+                 f"(saved as diverged: {result_path(options.results_dir, spec.folder, spec.seed)})")
+    return Outcome(spec.name, spec.seed, res["status"], error, seconds=time.perf_counter() - t0,
+                   metrics=_scalar_metrics(res), folder=spec.folder)
 
 
 def _error_line(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}".strip()
-    return (text.splitlines() or [type(exc).__name__])[0][:500]
+    """One line for the summary: the toolkit's own errors as their message, others with their
+    type; multi-line messages keep their first line unless it is only a header."""
+    if isinstance(exc, (TrialError, UsageError, ConfigError)):
+        text = str(exc).strip()
+    else:
+        text = f"{type(exc).__name__}: {exc}".strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return " ".join(lines)[:800] if lines else type(exc).__name__
 
 
-def _key(config: dict) -> Tuple[str, int]:
-    return str(config["name"]), int(config["seed"])
+def understood(exc: BaseException) -> bool:
+    """An error the toolkit raises on purpose (bad config, data, results, checkpoint, disk,
+    device): reported in one line, its traceback kept in the log only."""
+    from benchmarks.errors import CorruptFileError, DatasetNotFoundError, DownloadError
+
+    return isinstance(exc, (TrialError, ConfigError, UsageError, DatasetNotFoundError,
+                            CorruptFileError, DownloadError, OSError))
 
 
-def _unique(trials: Sequence[dict]) -> List[dict]:
-    """The trials without repeats: a (name, seed) pair is one trial, whatever asked for it twice
-    (running it twice at once would have two processes writing the same checkpoint)."""
+def _key(spec: TrialSpec) -> Tuple[str, int]:
+    return spec.folder, spec.seed
+
+
+def _unique(trials: Sequence[Any]) -> List[TrialSpec]:
+    """The trials without repeats: a (folder, seed) pair is one trial, whatever asked for it
+    twice (running it twice at once would have two processes writing the same checkpoint)."""
     seen, out = set(), []
-    for cfg in trials:
-        if _key(cfg) not in seen:
-            seen.add(_key(cfg))
-            out.append(cfg)
+    for spec in map(as_spec, trials):
+        if _key(spec) not in seen:
+            seen.add(_key(spec))
+            out.append(spec)
     return out
 
 
-def _pending(trials: Sequence[dict], options: TrialOptions) -> Tuple[List[dict], List[Outcome]]:
-    """Split into trials to run and trials already done (their pickle exists)."""
+def _pending(trials: Sequence[TrialSpec], options: TrialOptions) -> Tuple[List[TrialSpec], List[Outcome]]:
+    """Split into trials to run and trials already done (their result exists and is of the same
+    configuration); a result of another configuration fails its trial here, naming the keys."""
+    from sparse_nte.runner import as_config, reusable_result
+
     todo, done = [], []
-    for cfg in trials:
-        name, seed = _key(cfg)
-        path = result_path(options.results_dir, name, seed)
-        if path.exists() and not options.overwrite:
-            done.append(Outcome(name, seed, "skipped", metrics=_scalar_metrics(load_result(path))))
-        else:
-            todo.append(cfg)
+    for spec in trials:
+        path = result_path(options.results_dir, spec.folder, spec.seed)
+        if options.overwrite or not path.exists():
+            todo.append(spec)
+            continue
+        try:
+            stored = reusable_result(path, as_config(spec.config))
+        except ResultsError as exc:
+            done.append(Outcome(spec.name, spec.seed, "failed", str(exc), folder=spec.folder))
+            continue
+        status = "skipped" if stored.get("status", "done") == "done" else str(stored["status"])
+        error = ("" if status == "skipped" else
+                 f"{path} holds a {status} result ({stored.get('diverged', {}).get('reason', '')}); "
+                 f"rerun with --overwrite after changing the configuration")
+        done.append(Outcome(spec.name, spec.seed, status, error, metrics=_scalar_metrics(stored),
+                            folder=spec.folder))
     return todo, done
 
 
-def _in_order(trials: Sequence[dict], outcomes: List[Outcome]) -> List[Outcome]:
-    by_key = {(o.name, o.seed): o for o in outcomes}
+def _in_order(trials: Sequence[TrialSpec], outcomes: List[Outcome]) -> List[Outcome]:
+    by_key = {(o.folder, o.seed): o for o in outcomes}
     return [by_key[_key(c)] for c in trials]
 
 
@@ -156,27 +223,60 @@ def run_inline(trials: Sequence[dict], options: TrialOptions) -> List[Outcome]:
     each trial's log."""
     trials = _unique(trials)
     todo, outcomes = _pending(trials, options)
-    for cfg in todo:
-        name, seed = _key(cfg)
-        log_path = trial_log_path(options.results_dir, name, seed)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "a", buffering=1) as fh:
-            fh.write(_log_header(cfg) + "\n")
-
-            def log(msg: str) -> None:
-                print(msg, flush=True)
-                fh.write(msg + "\n")
-
-            try:
-                outcomes.append(execute_trial(cfg, options, log=log))
-            except KeyboardInterrupt:
-                raise
-            except Exception as exc:  # one failed trial must not stop the others
-                tb = traceback.format_exc()
-                sys.stderr.write(tb)
-                fh.write(tb)
-                outcomes.append(Outcome(name, seed, "failed", f"{_error_line(exc)} (log: {log_path})"))
+    for spec in todo:
+        outcomes.append(_run_logged(spec, options, echo=True))
     return _in_order(trials, outcomes)
+
+
+class _NullLog:
+    def write(self, text: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _open_log(path: Path) -> Tuple[Any, str]:
+    """The trial's log opened for appending, or a null log and why it could not be opened."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return open(path, "a", buffering=1), ""
+    except OSError as exc:
+        from sparse_nte.results import os_error_text
+        return _NullLog(), f"cannot write the log {path}: {os_error_text(exc)}"
+
+
+def _run_logged(spec: TrialSpec, options: TrialOptions, echo: bool) -> Outcome:
+    """Run one trial with its messages appended to its log (and printed when ``echo``). Every
+    failure, set-up included, becomes a failed Outcome with one line; the traceback goes to the
+    log only."""
+    path = trial_log_path(options.results_dir, spec.folder, spec.seed)
+    fh, log_problem = _open_log(path)
+    try:
+        fh.write(_log_header(spec) + "\n")
+
+        def log(msg: str) -> None:
+            if echo:
+                print(msg, flush=True)
+            fh.write(msg + "\n")
+
+        try:
+            if log_problem:
+                raise ResultsError(f"{log_problem}; check the results folder's permissions, or pass "
+                                   f"--results-dir DIR")
+            outcome = execute_trial(spec, options, log=log)
+            fh.write(f"{outcome.status}: {spec.folder} seed {spec.seed} in {outcome.seconds:.1f}s\n")
+            return outcome
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # one failed trial must not stop the others
+            fh.write(traceback.format_exc())
+            if echo and not understood(exc):  # a bug: show where it happened
+                sys.stderr.write(traceback.format_exc())
+            where = "" if log_problem else f" (log: {path})"
+            return Outcome(spec.name, spec.seed, "failed", f"{_error_line(exc)}{where}", folder=spec.folder)
+    finally:
+        fh.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,8 +306,8 @@ class _Worker:
         self.env = env
         self.proc: Optional[subprocess.Popen] = None
 
-    def run(self, config: dict, options: dict, log: Path) -> Outcome:
-        name, seed = _key(config)
+    def run(self, spec: TrialSpec, options: dict, log: Path) -> Outcome:
+        name, seed = spec.name, spec.seed
         t0 = time.perf_counter()
         if self.proc is None:
             self.proc = subprocess.Popen([sys.executable, "-m", "sparse_nte.trial", "--serve"],
@@ -217,7 +317,7 @@ class _Worker:
         log.parent.mkdir(parents=True, exist_ok=True)
         offset = log.stat().st_size if log.exists() else 0
         try:
-            proc.stdin.write(json.dumps({"config": config, "options": options, "log": str(log)}) + "\n")
+            proc.stdin.write(json.dumps({**spec.to_json(), "options": options, "log": str(log)}) + "\n")
             proc.stdin.flush()
             reply = proc.stdout.readline()
         except (OSError, ValueError):  # the worker is gone (broken pipe, pipe closed)
@@ -236,7 +336,8 @@ class _Worker:
             why = f"worker killed by signal {sig}; last output: {why}"
         else:
             why = f"worker exited with status {code}; last output: {why}"
-        return Outcome(name, seed, "failed", f"{why} (log: {log})", seconds=time.perf_counter() - t0)
+        return Outcome(name, seed, "failed", f"{why} (log: {log})", seconds=time.perf_counter() - t0,
+                       folder=spec.folder)
 
     def close(self, force: bool = False) -> None:
         if self.proc is None:
@@ -276,9 +377,9 @@ def run_local(trials: Sequence[dict], options: TrialOptions, workers: int) -> Li
             with lock:
                 if not queue:
                     return
-                cfg = queue.popleft()
-            log = trial_log_path(options.results_dir, *_key(cfg))
-            outcome = worker.run(cfg, child_options, log)
+                spec = queue.popleft()
+            log = trial_log_path(options.results_dir, *_key(spec))
+            outcome = worker.run(spec, child_options, log)
             with lock:
                 outcomes.append(outcome)
                 bar.update(1)
@@ -315,31 +416,17 @@ def _exit_on_sigterm(signum, frame) -> None:
 # ---------------------------------------------------------------------------------------------
 # Ray
 # ---------------------------------------------------------------------------------------------
-class _TrialError(RuntimeError):
-    """What a Ray task raises when its trial raised: the first line of the original error (the
-    traceback is in the trial's log). The original exception is not sent back, because an
-    exception class need not survive pickling (one with a custom ``__init__`` does not)."""
-
-
-def _ray_trial(config: dict, options: dict) -> dict:
-    """Body of a Ray task: run (or resume) one trial, appending its messages to its log."""
+def _ray_trial(spec_json: dict, options: dict) -> dict:
+    """Body of a Ray task: run (or resume) one trial, appending its messages to its log. An error
+    of the trial itself comes back as a failed Outcome (deterministic: not retried); only a dead
+    worker makes Ray retry."""
     opts = TrialOptions(**options)
-    log = trial_log_path(opts.results_dir, *_key(config))
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a", buffering=1) as fh:
-        fh.write(_log_header(config) + "\n")
-        try:
-            outcome = execute_trial(config, opts, log=lambda msg: fh.write(msg + "\n"))
-        except Exception as exc:
-            fh.write(traceback.format_exc())
-            raise _TrialError(_error_line(exc)) from None
-        fh.write(f"{outcome.status}: {outcome.name} seed {outcome.seed} in {outcome.seconds:.1f}s\n")
+    spec = TrialSpec(spec_json["config"], spec_json["folder"])
+    outcome = _run_logged(spec, opts, echo=False)
     return asdict(outcome)
 
 
 def _import_ray(address: str):
-    from sparse_nte.cli import UsageError
-
     if address == "local" and "ray" not in sys.modules:
         os.environ.setdefault(_RAY_LOCAL_ONLY_ENV, "0")
     try:
@@ -362,8 +449,6 @@ def run_ray(trials: Sequence[dict], options: TrialOptions, address: str = "local
     ``gpus_per_trial`` GPUs; a trial whose worker or node died is started again, from its last
     checkpoint, up to ``retries`` times.
     """
-    from sparse_nte.cli import UsageError
-
     if not cpus_per_trial > 0:
         raise UsageError(f"--cpus-per-trial {cpus_per_trial}: must be > 0")
     if gpus_per_trial < 0:
@@ -396,18 +481,19 @@ def run_ray(trials: Sequence[dict], options: TrialOptions, address: str = "local
     try:
         task = ray.remote(num_cpus=cpus_per_trial, num_gpus=gpus_per_trial, max_retries=retries,
                           retry_exceptions=False)(_ray_trial)
-        refs = {task.remote(cfg, opts): cfg for cfg in todo}
+        refs = {task.remote(spec.to_json(), opts): spec for spec in todo}
         pending = list(refs)
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
-            cfg = refs[ready[0]]
+            spec = refs[ready[0]]
             try:
                 outcomes.append(Outcome(**ray.get(ready[0])))
-            except Exception as exc:  # RayTaskError (the trial raised) or the worker died too often
+            except Exception as exc:  # the worker died more often than `retries`
                 cause = getattr(exc, "cause", None) or exc
-                why = str(cause) if isinstance(cause, _TrialError) else _error_line(cause)
-                log = trial_log_path(opts["results_dir"], *_key(cfg))
-                outcomes.append(Outcome(*_key(cfg), "failed", f"{why} (log: {log})"))
+                why = _error_line(cause)
+                log = trial_log_path(opts["results_dir"], *_key(spec))
+                outcomes.append(Outcome(spec.name, spec.seed, "failed", f"{why} (log: {log})",
+                                        folder=spec.folder))
             bar.update(1)
     finally:
         bar.close()
@@ -416,17 +502,27 @@ def run_ray(trials: Sequence[dict], options: TrialOptions, address: str = "local
     return _in_order(trials, outcomes)
 
 
+def _scores(metrics: Dict[str, float]) -> str:
+    """``avg acc 79.83%, forgetting 3.10, just-learned 82.40%`` (what a run is judged by)."""
+    parts = []
+    for key, label, unit in (("avg_acc", "avg acc", "%"), ("forgetting", "forgetting", " pts"),
+                             ("learning_acc", "just-learned", "%")):
+        v = metrics.get(key)
+        if v is not None and v == v:
+            parts.append(f"{label} {100 * v:.2f}{unit}")
+    return ", ".join(parts)
+
+
 def format_outcomes(outcomes: Sequence[Outcome]) -> str:
     """The end-of-run summary: counts, then one line per trial, failures with their error."""
-    counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "diverged", "failed")}
     lines = [f"trials: {counts['done']} done, {counts['skipped']} skipped (already finished), "
-             f"{counts['failed']} failed"]
+             f"{counts['failed']} failed" + (f", {counts['diverged']} diverged" if counts["diverged"] else "")]
     for o in outcomes:
-        if o.status == "failed":
-            lines.append(f"  FAILED  {o.name} seed {o.seed}: {o.error}")
+        label = o.folder if o.folder else o.name
+        if o.status in ("failed", "diverged"):
+            lines.append(f"  {o.status.upper()}  {label} seed {o.seed}: {o.error}")
         else:
-            acc = o.metrics.get("avg_acc")
-            acc_s = f"avg acc {100 * acc:.2f}%" if acc is not None else ""
-            lines.append(f"  {o.status:7s} {o.name} seed {o.seed}: {acc_s}"
+            lines.append(f"  {o.status:7s} {label} seed {o.seed}: {_scores(o.metrics)}"
                          + (f" ({o.seconds:.0f}s)" if o.status == "done" else ""))
     return "\n".join(lines)

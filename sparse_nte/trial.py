@@ -1,11 +1,13 @@
 """Child-process entry of a local sweep.
 
-``python -m sparse_nte.trial`` reads one ``{"config": ..., "options": ...}`` JSON object on stdin,
+``python -m sparse_nte.trial`` reads one ``{"config": ..., "folder": ..., "options": ...}`` JSON
+object on stdin,
 runs the trial with its messages on stdout and exits 0 on success, 1 on failure (traceback on
 stderr).
 
 ``python -m sparse_nte.trial --serve`` is the long-lived worker of ``run_exps.py --workers N``:
-it reads one JSON spec per line on stdin, ``{"config": ..., "options": ..., "log": path}``, runs
+it reads one JSON spec per line on stdin, ``{"config": ..., "folder": ..., "options": ...,
+"log": path}``, runs
 the trials one after the other with everything the trial prints (Python and C level, stdout and
 stderr) appended to ``log``, and answers each spec with one line on stdout: the JSON of the
 trial's :class:`~sparse_nte.sweep.Outcome` (status "done", "skipped" or "failed" with the error).
@@ -49,19 +51,20 @@ def _output_to(path: str) -> Iterator[None]:
 
 def run_spec(spec: dict) -> Outcome:
     """Run the trial of one spec and return its Outcome; an exception becomes a failed Outcome
-    (traceback printed)."""
-    from sparse_nte.sweep import Outcome, TrialOptions, _error_line, _log_header, execute_trial
+    (traceback printed to this process's output, i.e. the trial's log)."""
+    from sparse_nte.sweep import (Outcome, TrialOptions, TrialSpec, _error_line, _log_header,
+                                  execute_trial)
 
-    config = spec["config"]
-    print(_log_header(config), flush=True)
+    trial = TrialSpec(spec["config"], spec.get("folder") or str(spec["config"]["name"]))
+    print(_log_header(trial), flush=True)
     try:
-        outcome = execute_trial(config, TrialOptions(**spec["options"]),
+        outcome = execute_trial(trial, TrialOptions(**spec["options"]),
                                 log=lambda msg: print(msg, flush=True))
     except Exception as exc:
         traceback.print_exc()
         sys.stderr.flush()
-        return Outcome(str(config["name"]), int(config["seed"]), "failed", _error_line(exc))
-    print(f"{outcome.status}: {outcome.name} seed {outcome.seed} in {outcome.seconds:.1f}s", flush=True)
+        return Outcome(trial.name, trial.seed, "failed", _error_line(exc), folder=trial.folder)
+    print(f"{outcome.status}: {trial.folder} seed {outcome.seed} in {outcome.seconds:.1f}s", flush=True)
     return outcome
 
 

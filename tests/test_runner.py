@@ -12,6 +12,7 @@ import pytest
 from benchmarks.synthetic import write_synthetic_dataset
 from sparse_nte.config import load_config
 from sparse_nte.results import checkpoint_path, result_path
+from sparse_nte.errors import CheckpointError
 from sparse_nte.runner import run_trial
 
 REPO = Path(__file__).resolve().parent.parent
@@ -163,7 +164,8 @@ def test_checkpoint_from_other_config_is_refused(tmp_path, cfg_file):
 
     with pytest.raises(Crash):
         run_trial(cfg, tmp_path, progress=False, log=lambda m: None, after_task_hook=crash)
-    with pytest.raises(RuntimeError, match="--overwrite"):
+    with pytest.raises(CheckpointError, match=r"another configuration \(lr: 0.05 there, 0.01 here\); "
+                                              r"run with --no-resume"):
         run_trial(config(cfg_file, "tiny", lr=0.01), tmp_path, progress=False, log=lambda m: None)
 
 
@@ -226,7 +228,9 @@ def test_cli_config_error_from_the_real_entry_point_has_no_traceback(tmp_path, c
 def test_cli_dry_run_prints_resolved_config(tmp_path, cfg_file):
     out = cli("--config", cfg_file, "--name", "tiny", "--seeds", "3,5", "--set", "lr=0.2", "--dry-run")
     assert out.returncode == 0
-    assert out.stdout.count("[tiny]") == 2 and "seed 5" in out.stdout
+    # an override that changes the configuration gets its own results folder, shown with the path
+    assert out.stdout.count("[tiny+lr=0.2]") == 2 and "seed 5" in out.stdout
+    assert "-> results/tiny+lr=0.2/seed5.pkl  (run)" in out.stdout
     assert "lr                    = 0.2" in out.stdout or "= 0.2" in out.stdout
     assert not (tmp_path / "tiny").exists()
 

@@ -22,7 +22,10 @@ from sparse_nte.config.groups.kwta import KWTAKeys
 from sparse_nte.config.groups.model import ModelKeys
 from sparse_nte.config.groups.nte import NTEKeys
 from sparse_nte.config.groups.plasticity import PlasticityKeys
+from sparse_nte.config.groups.rule import RuleKeys
 from sparse_nte.config.groups.run import RunKeys
+from sparse_nte.config.groups.selection import SelectionKeys
+from sparse_nte.config.groups.strategy import StrategyKeys
 from sparse_nte.config.groups.training import TrainingKeys
 from sparse_nte.config.values import did_you_mean
 
@@ -43,8 +46,8 @@ class _Name:
 # Bases in reverse schema order: a dataclass lists the fields of its bases from the last base
 # of the MRO to the first, so ``name`` comes first and the run keys next.
 @dataclass(frozen=True)
-class Config(PlasticityKeys, DaleKeys, NTEKeys, TrainingKeys, ModelKeys, ConnectivityKeys, KWTAKeys,
-             DataKeys, RunKeys, _Name, Mapping):
+class Config(SelectionKeys, StrategyKeys, PlasticityKeys, DaleKeys, NTEKeys, TrainingKeys, RuleKeys,
+             ModelKeys, ConnectivityKeys, KWTAKeys, DataKeys, RunKeys, _Name, Mapping):
     """A resolved, validated experiment configuration (immutable).
 
     Read values as attributes (``cfg.lr``); builders do only that. The mapping interface

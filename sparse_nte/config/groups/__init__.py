@@ -13,8 +13,9 @@
 """
 from __future__ import annotations
 
-from sparse_nte.config.groups import (connectivity, dale, data, kwta, model, nte, plasticity, run,
-                                      training)
+from sparse_nte.config.groups import (connectivity, dale, data, kwta, model, nte, plasticity, rule,
+                                      run, selection, strategy, training)
 
 #: Group modules in schema order.
-GROUPS = (run, data, kwta, connectivity, model, training, nte, dale, plasticity)
+GROUPS = (run, data, kwta, connectivity, model, rule, training, nte, dale, plasticity, strategy,
+          selection)

@@ -1,0 +1,20 @@
+"""Learning-rule keys: how the weight updates are computed (sparse_nte.rules)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from sparse_nte.config.fields import key
+from sparse_nte.rules import RULES
+
+TITLE = "learning rule"
+
+
+@dataclass(frozen=True)
+class RuleKeys:
+    learning_rule: str = key(
+        "backprop", choices=tuple(RULES),
+        doc="How weight updates are computed: backprop (the gradient of the loss through the whole "
+            "network, applied by `optimizer`; with optimizer = nte, the NTE posterior update).")
+
+
+#: The group's keys (read by sparse_nte.config.schema).
+KEYS = RuleKeys
