@@ -351,6 +351,18 @@ def test_ema_and_first_observation():
                                                      dtype=torch.float64))
 
 
+def test_a_row_observed_twice_before_the_scores_are_read_follows_the_order():
+    scenario = make_scenario(n=4)
+    sel = make_selection("epsilon_greedy", scenario, data_prune_ema=0.25)
+    sel.on_task_start(make_ctx(scenario, Toy()))
+    sel.observe(batch_of([0, 1]), torch.tensor([1.0, 2.0]))
+    sel.observe(batch_of([2, 0], extra=1), torch.tensor([3.0, 10.0, 50.0]))
+    sel.observe(batch_of([0]), torch.tensor([2.0]))
+    s = sel.scores()
+    first = 0.75 * 1.0 + 0.25 * 10.0
+    assert s[:3].tolist() == [0.75 * first + 0.25 * 2.0, 2.0, 3.0] and math.isinf(s[3])
+
+
 def test_unobserved_rows_rank_first():
     scenario = make_scenario(n=6)
     sel = make_selection("ucb", scenario, data_prune_rate=0.5)
@@ -373,8 +385,9 @@ def test_ucb_scores_mean_plus_c_variance_by_hand():
         sel.observe(batch_of([0, 1, 2]), torch.tensor([seq[i][step] for i in range(3)],
                                                       dtype=torch.float64))
     # by hand, row 1: mu 0 -> 1 -> 0.5; v 0 -> 0.5 (2 - 0)^2 = 2 -> 0.5*2 + 0.5 (0 - 1)^2 = 1.5
-    assert torch.allclose(sel.mean, torch.tensor([1.0, 0.5, 1.2], dtype=torch.float64))
-    assert torch.allclose(sel.var, torch.tensor([0.0, 1.5, 0.0], dtype=torch.float64))
+    scores = sel.state_dict()["scores"]
+    assert torch.allclose(scores["mean"], torch.tensor([1.0, 0.5, 1.2], dtype=torch.float64))
+    assert torch.allclose(scores["var"], torch.tensor([0.0, 1.5, 0.0], dtype=torch.float64))
     assert sel.rows(ctx, 0).tolist() == [1]          # 0.5 + 4 * 1.5 = 6.5 beats 1.2
     sel0 = make_selection("ucb", scenario, data_prune_rate=0.4, data_prune_ema=a,
                           data_prune_ucb_c=0.0)
@@ -389,10 +402,10 @@ def test_scores_change_only_for_observed_rows():
         sel = make_selection(method, scenario)
         sel.on_task_start(make_ctx(scenario, Toy()))
         observe_all(sel, torch.arange(8.0))
-        before = {k: v.clone() for k, v in sel._scores_state().items()}
+        before = sel.state_dict()["scores"]
         # rows 2 and 5 of this task plus two replayed rows from elsewhere
         sel.observe(batch_of([5, 2], extra=2), torch.tensor([7.0, 7.0, 50.0, 50.0]))
-        after = sel._scores_state()
+        after = sel.state_dict()["scores"]
         changed = torch.zeros(8, dtype=torch.bool)
         for key in before:
             changed |= before[key] != after[key]
@@ -411,7 +424,7 @@ def test_observe_divides_out_the_rescaling_weight():
     assert bool((w >= 1).all()) and bool((w > 1).any())
     raw = torch.linspace(1.0, 2.0, len(rows), dtype=torch.float64)
     sel.observe(batch, raw * w)
-    assert torch.allclose(sel.mean[rows], raw, rtol=1e-6)
+    assert torch.allclose(sel.state_dict()["scores"]["mean"][rows], raw, rtol=1e-6)
 
 
 def test_each_task_restarts_selection():

@@ -68,6 +68,7 @@ class _LossScores(PrunedSelection):
 
     def scores(self) -> torch.Tensor:
         """The ranking scores (float64, +inf for examples not yet observed in the task)."""
+        self._flush()
         return torch.where(self.seen, self._score_values(), torch.inf)
 
     def _score_values(self) -> torch.Tensor:

@@ -12,7 +12,10 @@ Per task (``on_task_start``), for the task's N training examples and k = floor((
   averages w_i l_i over each batch of B rows, the sum over the epoch's steps of the batch
   losses has expectation (1/B) sum_i l_i, that of a full-data epoch.
 * ``observe(batch, losses)``: dynamic selectors update the scores of the rows just trained on
-  (``batch.own``), after dividing out the weight w_i they gave.
+  (``batch.own``), after dividing out the weight w_i they gave. The batches are queued and
+  applied in one vectorised update when the scores are next needed (the next ``rows``,
+  ``stats`` or ``state_dict``): each row is trained on at most once per epoch, so this equals
+  applying them batch by batch (if a row was observed twice, they are applied batch by batch).
 
 Randomness comes only from a ``torch.Generator`` seeded from (seed, task) with numpy's
 SeedSequence (the same in every process); its state is part of the checkpoint, so a run
@@ -27,13 +30,14 @@ seconds spent scoring (static scoring runs; dynamic: score updates) and selectin
 """
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
 
-from sparse_nte.seams import Batch, Selection, TaskContext
+from sparse_nte.seams import OTHER_ROW, Batch, Selection, TaskContext
 from sparse_nte.selection.spec import SelectionSpec, is_pruned, keep_count, pruned_epochs, selects
 
 __all__ = ["PrunedSelection", "seeded_generator"]
@@ -116,6 +120,8 @@ class PrunedSelection(Selection):
         self._generator = seeded_generator(ctx.seed, ctx.task, _SELECT_TAG)
         self._kept: Optional[torch.Tensor] = None
         self._pi: Optional[torch.Tensor] = None
+        self._weights: Optional[torch.Tensor] = None
+        self._pending: List[Tuple[torch.Tensor, torch.Tensor]] = []
         self._pruning = False
         self._last_epoch = -1
         self._kept_count = torch.zeros(n, dtype=torch.int64)
@@ -140,10 +146,12 @@ class PrunedSelection(Selection):
         self._require_task("rows")
         if epoch == self._last_epoch:  # asked twice for the same epoch: same answer
             return self._kept if self._pruning else None
+        self._flush()
         t0 = time.perf_counter()
         if is_pruned(self.spec, epoch, ctx.epochs):
             if self._kept is None or (not self.static and selects(self.spec, epoch, ctx.epochs)):
                 self._kept, self._pi = self._select()
+                self._weights = None
                 self._selections += 1
             self._pruning = True
             self._kept_count[self._kept] += 1
@@ -159,33 +167,59 @@ class PrunedSelection(Selection):
     def loss_weights(self, batch: Batch) -> Optional[torch.Tensor]:
         if not (self.spec.data_prune_rescale and self._pruning):
             return None
-        own = batch.own
-        pi = self._pi[batch.index[own].cpu()]
-        if bool((pi <= 0).any()):
+        if self._weights is None:  # 1 / pi per row (inf for rows not kept)
+            self._weights = self._pi.reciprocal().to(torch.float32)
+        index = batch.index
+        if index.numel() == 0:
+            return torch.ones(0, dtype=torch.float32, device=index.device)
+        if int(index.min()) != OTHER_ROW:          # only the task's own rows (the usual case)
+            w = self._weights.index_select(0, index.cpu())
+        else:
+            own = (index != OTHER_ROW).cpu()
+            w = torch.ones(len(batch), dtype=torch.float32)
+            w[own] = self._weights[index.cpu()[own]]
+        if not math.isfinite(float(w.max())):
             raise ValueError(f"data selection ({self.name}): a batch of epoch {self._last_epoch} "
                              f"of task {self._task} holds rows that the selection did not keep; "
                              f"train only on the rows returned by rows()")
-        w = torch.ones(len(batch), dtype=torch.float32)
-        w[own.cpu()] = pi.reciprocal().to(torch.float32)
-        return w.to(batch.index.device)
+        return w.to(index.device)
 
     def observe(self, batch: Batch, losses: torch.Tensor) -> None:
         if not self.dynamic:
             return
         self._require_task("observe")
+        self._pending.append((batch.index, losses.detach()))
+
+    def _flush(self) -> None:
+        """Apply the queued observations (see the module docstring)."""
+        if not self._pending:
+            return
         t0 = time.perf_counter()
-        own = batch.own
-        rows = batch.index[own].cpu()
-        values = losses.detach()[own].to("cpu", torch.float64)
+        pending, self._pending = self._pending, []
+        index = torch.cat([i for i, _ in pending]).cpu()
+        values = torch.cat([v for _, v in pending]).to("cpu", torch.float64)
+        own = index != OTHER_ROW
+        if not bool(own.all()):
+            index, values = index[own], values[own]
+        if index.numel() and int(torch.bincount(index, minlength=self._n).max()) > 1:
+            for rows, losses in pending:       # a row observed twice: keep the order
+                rows = rows.cpu()
+                keep = rows != OTHER_ROW
+                self._apply(rows[keep], losses.to("cpu", torch.float64)[keep.to(losses.device)])
+        else:
+            self._apply(index, values)
+        self._score_s += time.perf_counter() - t0
+
+    def _apply(self, rows: torch.Tensor, values: torch.Tensor) -> None:
         if self.spec.data_prune_rescale and self._pruning:
             values = values * self._pi[rows]  # the objective multiplied them by 1 / pi
         self._update(rows, values)
-        self._score_s += time.perf_counter() - t0
 
     # -- results and checkpoints --------------------------------------------------------------
     def stats(self) -> Dict[str, Any]:
         if self._task is None:
             return {}
+        self._flush()
         counts = self._kept_count
         hist = torch.bincount(counts, minlength=self._pruned + 1)
         sometimes = int(((counts > 0) & (counts < self._pruned)).sum())
@@ -209,6 +243,7 @@ class PrunedSelection(Selection):
     def state_dict(self) -> Dict[str, Any]:
         if self._task is None:
             return {"task": None}
+        self._flush()
 
         def copy(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
             return None if t is None else t.clone()
@@ -233,6 +268,8 @@ class PrunedSelection(Selection):
         self._generator.set_state(state["generator"])
         self._kept = None if state["kept"] is None else state["kept"].clone()
         self._pi = None if state["pi"] is None else state["pi"].clone()
+        self._weights = None
+        self._pending = []
         self._pruning = bool(state["pruning"])
         self._last_epoch = int(state["last_epoch"])
         self._kept_count = state["kept_count"].clone()

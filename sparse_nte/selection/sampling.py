@@ -13,8 +13,7 @@ Top k with random ties (:func:`top_k`). Let tau be the k-th largest score, A = {
 
     pi_i = 1 on A,   (k - a) / m on T,   0 below tau.
 
-It is done as a stable descending sort of the scores taken in a random order. NaN scores rank
-as +inf (an example whose loss is not a number is not judged easy).
+NaN scores rank as +inf (an example whose loss is not a number is not judged easy).
 
 Uniform (:func:`uniform`): k of n without replacement, pi_i = k / n.
 
@@ -40,26 +39,30 @@ def _check(n: int, k: int, what: str) -> None:
 
 def top_k(scores: torch.Tensor, k: int, generator: torch.Generator
           ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The k highest of ``scores`` (1-d), ties at the threshold broken at random."""
+    """The k highest of ``scores`` (1-d), ties at the threshold broken at random.
+
+    O(n): the threshold tau is the k-th largest score (``kthvalue``); A is kept whole and the
+    k - a places left go to a uniformly random subset of the tied examples.
+    """
     n = int(scores.numel())
     _check(n, k, "top_k")
-    pi = torch.zeros(n, dtype=torch.float64)
     if k == 0:
-        return torch.zeros(0, dtype=torch.int64), pi
+        return torch.zeros(0, dtype=torch.int64), torch.zeros(n, dtype=torch.float64)
     if k == n:
-        return torch.arange(n, dtype=torch.int64), pi.fill_(1.0)
+        return torch.arange(n, dtype=torch.int64), torch.ones(n, dtype=torch.float64)
     ranked = scores.detach().to("cpu", torch.float64)
-    ranked = torch.where(torch.isnan(ranked), torch.inf, ranked)
-    order = torch.randperm(n, generator=generator)
-    by_score = torch.sort(ranked[order], descending=True, stable=True).indices
-    chosen = order[by_score[:k]]
-    tau = ranked[chosen[-1]]
+    nan = torch.isnan(ranked)
+    if bool(nan.any()):
+        ranked = ranked.masked_fill(nan, torch.inf)
+    tau = torch.kthvalue(ranked, n - k + 1).values
     above = ranked > tau
-    tied = ranked == tau
-    a, m = int(above.sum()), int(tied.sum())
-    pi[above] = 1.0
+    tied = torch.nonzero(ranked == tau).flatten()
+    a, m = int(above.sum()), int(tied.numel())
+    keep = above.clone()
+    keep[tied[torch.randperm(m, generator=generator)[:k - a]]] = True
+    pi = above.to(torch.float64)
     pi[tied] = (k - a) / m
-    return torch.sort(chosen).values, pi
+    return torch.nonzero(keep).flatten(), pi
 
 
 def uniform(n: int, k: int, generator: torch.Generator) -> Tuple[torch.Tensor, torch.Tensor]:
