@@ -20,8 +20,7 @@ from sparse_nte.layers import KWinners, SparseWeights, SparseWeights2d
 from sparse_nte.seams import OTHER_ROW, Batch, BuildEnv, TaskContext
 from sparse_nte.selection import (CHOICES, SELECTORS, SelectionSpec, build_selection, sampling,
                                   spec as spec_mod)
-from sparse_nte.selection.bandit import EpsilonGreedySelection, UCBSelection
-from sparse_nte.selection.data_diet import el2n_scores
+from sparse_nte.selection.data_diet import el2n_scores, grand_scores
 from sparse_nte.selection.forgetting import ForgettingCounter
 from sparse_nte.selection.grand import per_example_grad_norms
 from sparse_nte.selection.scoring import scoring_generator
@@ -240,8 +239,10 @@ def test_top_k_properties(values, data):
     scores = torch.tensor(values, dtype=torch.float64)
     n = len(values)
     k = data.draw(st.integers(0, n))
-    rows, pi = sampling.top_k(scores, k, torch.Generator().manual_seed(data.draw(st.integers(0, 99))))
-    assert len(rows) == k and len(set(rows.tolist())) == k and rows.tolist() == sorted(rows.tolist())
+    gen = torch.Generator().manual_seed(data.draw(st.integers(0, 99)))
+    rows, pi = sampling.top_k(scores, k, gen)
+    listed = rows.tolist()
+    assert len(listed) == k and len(set(listed)) == k and listed == sorted(listed)
     kept = torch.zeros(n, dtype=torch.bool)
     kept[rows] = True
     if 0 < k < n:
@@ -516,7 +517,7 @@ class Mixed(nn.Module):
         self.double()
 
     def forward(self, x, t):
-        h = torch.relu(self.conv(x)).flatten(1)
+        h = torch.relu(self.conv(x.to(torch.float64))).flatten(1)
         h = self.kw(self.fc(h)) * self.scale
         h = torch.tanh(self.tied(h)) + F.linear(h, self.tied.weight) * 0.1
         return self.heads[int(t[0])](h)
@@ -539,6 +540,32 @@ def test_grand_matches_an_explicit_per_example_loop():
         assert torch.allclose(got, torch.tensor(loop, dtype=torch.float64), rtol=1e-9, atol=1e-12)
     # the masked entries are left out (the loop's gradients are masked by the layers' hooks)
     assert float(model.fc.zero_mask.sum()) > 0 and float(model.conv.zero_mask.sum()) > 0
+
+
+def test_static_scores_use_each_rows_own_head_in_a_cumulative_scenario():
+    g = torch.Generator().manual_seed(4)
+    n = 14
+    t = torch.tensor([0, 1] * (n // 2))
+    x = torch.randint(0, 256, (n, 1, 3, 3), generator=g, dtype=torch.uint8)
+    y = torch.randint(0, 3, (n,), generator=g)
+    test = (x[:2], y[:2])
+    first = torch.zeros(n // 2, dtype=torch.int64)
+    tasks = (Task(0, (0, 1, 2), x[t == 0], y[t == 0], first, *test),
+             Task(1, (0, 1, 2), x, y, t, *test))
+    scenario = Scenario("toy", "toy", "task", tasks, (1, 3, 3), 2, 3, (0.0,), (1.0,), None, True)
+    model = Mixed().eval()
+    ctx = make_ctx(scenario, model, task=1)
+    el2n, grand = el2n_scores(model, ctx), grand_scores(model, ctx)
+    xs = x.double() / 255.0
+    for r in range(n):
+        model.zero_grad(set_to_none=True)
+        logits = model(xs[r:r + 1], t[r:r + 1])
+        p = torch.softmax(logits.detach(), dim=1)[0]
+        assert math.isclose(float(el2n[r]), float((p - F.one_hot(y[r], 3)).norm()), rel_tol=1e-6)
+        F.cross_entropy(logits, y[r:r + 1]).backward()
+        norm = math.sqrt(sum(float(q.grad.pow(2).sum()) for q in model.parameters()
+                             if q.grad is not None))
+        assert math.isclose(float(grand[r]), norm, rel_tol=1e-5)
 
 
 def test_forgetting_counter_hand_case():
@@ -564,8 +591,8 @@ def test_forgetting_selection_counts_match_an_independent_count():
     model = Toy(seed=1)
     ctx = make_ctx(scenario, model, seed=11, batch_size=5)
     epochs, lr = 4, 2.0
-    sel = make_selection("forgetting", scenario, data_prune_rate=0.5, data_prune_score_epochs=epochs,
-                         data_prune_score_lr=lr)
+    sel = make_selection("forgetting", scenario, data_prune_rate=0.5,
+                         data_prune_score_epochs=epochs, data_prune_score_lr=lr)
     sel.on_task_start(ctx)
     # independent replay of the scoring run: same copy, same batch order, counts in numpy
     replica = copy.deepcopy(model)
@@ -643,7 +670,8 @@ def test_resume_at_an_epoch_boundary_equals_the_uninterrupted_run(method, extra,
 
     def fresh():
         model = Toy(seed=5)
-        return model, torch.optim.SGD(model.parameters(), lr=0.5), make_selection(method, scenario, **kw)
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        return model, opt, make_selection(method, scenario, **kw)
 
     def run(stop=None):
         model, opt, sel = fresh()

@@ -10,7 +10,9 @@ Per task (``on_task_start``), for the task's N training examples and k = floor((
   of a pruned epoch (pi_i: the probability the last draw kept row i, see
   :mod:`sparse_nte.selection.sampling`), 1 for rows from elsewhere (replay). Since the learner
   averages w_i l_i over each batch of B rows, the sum over the epoch's steps of the batch
-  losses has expectation (1/B) sum_i l_i, that of a full-data epoch.
+  losses has expectation (1/B) sum_i l_i, that of a full-data epoch (up to the last, smaller
+  batch). Each step's loss is then N / k times larger on average: rescaling acts like a
+  learning rate raised by N / k for the pruned epochs (InfoBatch's 1 / (1 - r) likewise).
 * ``observe(batch, losses)``: dynamic selectors update the scores of the rows just trained on
   (``batch.own``), after dividing out the weight w_i they gave. The batches are queued and
   applied in one vectorised update when the scores are next needed (the next ``rows``,
@@ -188,7 +190,9 @@ class PrunedSelection(Selection):
         if not self.dynamic:
             return
         self._require_task("observe")
-        self._pending.append((batch.index, losses.detach()))
+        # copies: the caller may reuse its buffers before the queue is applied
+        self._pending.append((batch.index.to("cpu", copy=True),
+                              losses.detach().to("cpu", torch.float64, copy=True)))
 
     def _flush(self) -> None:
         """Apply the queued observations (see the module docstring)."""
@@ -196,16 +200,15 @@ class PrunedSelection(Selection):
             return
         t0 = time.perf_counter()
         pending, self._pending = self._pending, []
-        index = torch.cat([i for i, _ in pending]).cpu()
-        values = torch.cat([v for _, v in pending]).to("cpu", torch.float64)
+        index = torch.cat([i for i, _ in pending])
+        values = torch.cat([v for _, v in pending])
         own = index != OTHER_ROW
         if not bool(own.all()):
             index, values = index[own], values[own]
         if index.numel() and int(torch.bincount(index, minlength=self._n).max()) > 1:
             for rows, losses in pending:       # a row observed twice: keep the order
-                rows = rows.cpu()
                 keep = rows != OTHER_ROW
-                self._apply(rows[keep], losses.to("cpu", torch.float64)[keep.to(losses.device)])
+                self._apply(rows[keep], losses[keep])
         else:
             self._apply(index, values)
         self._score_s += time.perf_counter() - t0

@@ -114,8 +114,10 @@ def train_copy(model: nn.Module, ctx: TaskContext, epochs: int, lr: float,
         handle.remove()
 
 
-def task_grouped_batches(ctx: TaskContext, batch_size: int
-                         ) -> Iterator[Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+Rows = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def task_grouped_batches(ctx: TaskContext, batch_size: int) -> Iterator[Rows]:
     """``(x, y, t, rows)`` over the task's training set, in row order, each batch holding the
     rows of one task id only (cumulative scenarios mix task ids; a multi-head network then
     calls each head on the whole batch, which the per-example gradients need)."""
