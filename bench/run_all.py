@@ -102,7 +102,9 @@ SECTIONS: Dict[str, Section] = {
             Pattern(f"selection_{kind}_epoch_over_sgd_epoch.{method}",
                     rf"^selection_{kind}_epoch_over_sgd_epoch\.{method}: (?P<v>[0-9.]+)%",
                     unit="%", goal=3.0)
-            for method in ("uniform", "epsilon_greedy", "ucb") for kind in ("full", "pruned"))),
+            for kind, methods in (("full", ("epsilon_greedy", "ucb")),
+                                  ("pruned", ("uniform", "epsilon_greedy", "ucb")))
+            for method in methods)),
 }
 
 
