@@ -118,7 +118,7 @@ def build(cfg: Config):
         data_root=cfg.data_root or None, train_subset=cfg.train_subset or None,
         download=False, progress=False)
     model = build_model(cfg, scenario)
-    learner = build_learner(cfg, model, scenario, runner._steps_per_task(scenario, cfg))
+    learner = build_learner(cfg, model, scenario)
     return scenario, model, learner
 
 

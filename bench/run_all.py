@@ -14,6 +14,8 @@ Sections (each its own script, run in a subprocess with the thread count pinned 
     sparse    bench/bench_sparse.py    sparse vs masked-dense k-WTA MLP training step at 2, 5,
                                        10, 20% connectivity (its "mlp" section)
     data      bench/bench_data.py      data pipeline: one epoch of batches / one SGD epoch
+    selection bench/bench_selection.py data selection's calls in one epoch (N = 60000) / one
+                                       SGD epoch of the 1x1000 MLP (full and pruned epochs)
 
 Every figure is a ratio of times (or memory) measured within one run of its script. The
 figures of the other scripts are read from their output lines with the patterns in
@@ -94,6 +96,15 @@ SECTIONS: Dict[str, Section] = {
                     rf"^epoch {re.escape(label)} task \d+ \(\d+ examples\): [0-9.]+ s = "
                     rf"(?P<v>[0-9.]+) % of an SGD epoch", unit="%")
             for label in _DATA_LABELS)),
+    "selection": Section(
+        "bench_selection.py", quick_args=("--repeats", "1"),
+        patterns=tuple(
+            Pattern(f"selection_{kind}_epoch_over_sgd_epoch.{method}",
+                    rf"^selection_{kind}_epoch_over_sgd_epoch\.{method}: (?P<v>[0-9.]+)%",
+                    unit="%", goal=3.0)
+            for kind, methods in (("full", ("epsilon_greedy", "ucb")),
+                                  ("pruned", ("uniform", "epsilon_greedy", "ucb")))
+            for method in methods)),
 }
 
 

@@ -17,6 +17,7 @@ continual-learning strategies, one data selection and any probes, composed behin
 """
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence
 
@@ -35,7 +36,7 @@ from sparse_nte.strategies import STRATEGIES
 if TYPE_CHECKING:  # pragma: no cover
     from sparse_nte.config import Config
 
-__all__ = ["Learner", "build_learner"]
+__all__ = ["Learner", "build_learner", "epochs_per_task"]
 
 
 class Learner:
@@ -52,6 +53,9 @@ class Learner:
         self.probes: Dict[str, Probe] = dict(probes)
         self.objective = Objective(model, list(self.strategies.values()), selection)
         self.step = 0
+        self.steps_per_task: List[int] = []
+        self.epochs_per_task: List[int] = []
+        self.warnings: List[str] = []
         if any(s.needs_grad for s in self.strategies.values()):
             rule.keep_grad = True  # type: ignore[attr-defined]
         self._constraint_hook = (constrain_optimizer(rule.optimizer, model)
@@ -136,15 +140,48 @@ class Learner:
             self._constraint_hook = None
 
 
-def build_learner(config: "Config", model: nn.Module, scenario: Any, steps_per_task: Sequence[int],
-                  device: str = "cpu") -> Learner:
-    """The learner of ``config`` for ``model`` on ``scenario``: every component from its registry."""
-    env = BuildEnv(model=model, scenario=scenario, steps_per_task=tuple(steps_per_task), device=device)
-    rule = RULES[config.learning_rule](config, env)
-    env = replace(env, optimizer=rule.optimizer)
-    schedule = build_schedule(config, model, rule.optimizer, list(steps_per_task), len(scenario.tasks))
-    strategies = {n: STRATEGIES[n](config, env) for n in strategy_names(config.strategy)}
+def epochs_per_task(config: "Config", num_tasks: int) -> List[int]:
+    """``train_ep`` for the first task, ``train_ep_inc`` for the others."""
+    return [config.train_ep if i == 0 else config.train_ep_inc for i in range(num_tasks)]
+
+
+def _schedule_warning(config: "Config", steps: Sequence[int]) -> str:
+    """SET, RigL and NTE pruning act every ``plasticity_interval`` steps during the first
+    ``plasticity_end`` of each task: say so when no task is long enough for a single event."""
+    if config.plasticity not in ("set", "rigl", "nte_prune"):
+        return ""
+    window = max(int(config.plasticity_end * s) for s in steps)
+    if window >= config.plasticity_interval:
+        return ""
+    return (f"warning: plasticity = {config.plasticity} will never act: plasticity_interval = "
+            f"{config.plasticity_interval} steps, but updates stop after {window} steps of the longest "
+            f"task (plasticity_end = {config.plasticity_end} x {max(steps)} steps); lower "
+            f"plasticity_interval")
+
+
+def build_learner(config: "Config", model: nn.Module, scenario: Any, device: str = "cpu") -> Learner:
+    """The learner of ``config`` for ``model`` on ``scenario``: every component from its registry.
+
+    The optimizer steps of each task (``learner.steps_per_task``) are counted from the rows the
+    selection will keep; ``learner.warnings`` lists settings that can never act."""
+    epochs = epochs_per_task(config, len(scenario.tasks))
+    env = BuildEnv(model=model, scenario=scenario, steps_per_task=(), device=device)
     selection = (SELECTORS[config.data_pruning](config, env) if config.data_pruning != "none"
                  else None)
+    steps = []
+    for task, e in zip(scenario.tasks, epochs):
+        n = len(task.train_y)
+        rows = selection.planned_rows(n, e) if selection is not None else [n] * e
+        steps.append(sum(math.ceil(r / config.mb_size) for r in rows))
+    env = replace(env, steps_per_task=tuple(steps))
+    rule = RULES[config.learning_rule](config, env)
+    env = replace(env, optimizer=rule.optimizer)
+    schedule = build_schedule(config, model, rule.optimizer, steps, len(scenario.tasks))
+    strategies = {n: STRATEGIES[n](config, env) for n in strategy_names(config.strategy)}
     probes = {n: build(config, env) for n, (enabled, build) in PROBES.items() if enabled(config)}
-    return Learner(model, rule, schedule, strategies, selection, probes)
+    learner = Learner(model, rule, schedule, strategies, selection, probes)
+    learner.steps_per_task = steps
+    learner.epochs_per_task = epochs
+    learner.warnings = [w for w in (_schedule_warning(config, steps),
+                                    selection.warning(epochs) if selection is not None else "") if w]
+    return learner

@@ -106,15 +106,6 @@ def _evaluate_all(model, scenario, after_task: int, device: str) -> np.ndarray:
     return np.array([evaluate(model, scenario, j, after_task, device) for j in range(len(scenario.tasks))])
 
 
-def _epochs(config: Config, task: int) -> int:
-    return config.train_ep if task == 0 else config.train_ep_inc
-
-
-def _steps_per_task(scenario, config: Config) -> List[int]:
-    mb = config.mb_size
-    return [math.ceil(len(t.train_y) / mb) * _epochs(config, i) for i, t in enumerate(scenario.tasks)]
-
-
 def _nonfinite_parameter(model: nn.Module) -> Optional[str]:
     """The name of the first parameter with a NaN or infinite entry, or None (one sum each)."""
     with torch.no_grad():
@@ -154,19 +145,6 @@ def _train_task(learner: Learner, ctx: TaskContext, progress: bool) -> Dict[str,
             raise DivergedError(why, task=ctx.task, epoch=epoch, step=learner.step - 1)
     learner.on_task_end(ctx)
     return {"train_loss_last_epoch": float(np.mean(last_epoch)) if last_epoch else float("nan")}
-
-
-def _warn_if_schedule_never_fires(config: Config, steps: List[int], log) -> None:
-    """SET, RigL and NTE pruning act every ``plasticity_interval`` steps during the first
-    ``plasticity_end`` of each task: say so when no task is long enough for a single event."""
-    if config.plasticity not in ("set", "rigl", "nte_prune"):
-        return
-    window = max(int(config.plasticity_end * s) for s in steps)
-    if window < config.plasticity_interval:
-        log(f"[{config.name} seed {config.seed}] warning: plasticity = {config.plasticity} "
-            f"will never act: plasticity_interval = {config.plasticity_interval} steps, but "
-            f"updates stop after {window} steps of the longest task (plasticity_end = "
-            f"{config.plasticity_end} x {max(steps)} steps); lower plasticity_interval")
 
 
 def reusable_result(out: Path, config: Config) -> Optional[dict]:
@@ -269,9 +247,10 @@ def run_trial(config: Any, results_dir: os.PathLike = "results", *, folder: Opti
     log(f"[{exp} seed {seed}] data: {config.dataset} from {scenario.source}")
     model = build_model(config, scenario).to(device)
     num_tasks = len(scenario.tasks)
-    steps = _steps_per_task(scenario, config)
-    learner = build_learner(config, model, scenario, steps, device)
-    _warn_if_schedule_never_fires(config, steps, log)
+    learner = build_learner(config, model, scenario, device)
+    steps, epochs = learner.steps_per_task, learner.epochs_per_task
+    for warning in learner.warnings:
+        log(f"[{exp} seed {seed}] {warning}")
 
     acc = np.full((num_tasks, num_tasks), np.nan)
     stats: Dict[str, list] = {"per_task": []}
@@ -296,7 +275,7 @@ def run_trial(config: Any, results_dir: os.PathLike = "results", *, folder: Opti
                   total=num_tasks, disable=not progress):
         t0 = time.perf_counter()
         ctx = TaskContext(task=i, num_tasks=num_tasks, scenario=scenario, model=model, device=device,
-                          seed=seed, steps=steps[i], epochs=_epochs(config, i),
+                          seed=seed, steps=steps[i], epochs=epochs[i],
                           batch_size=config.mb_size)
         try:
             train_info = _train_task(learner, ctx, progress)

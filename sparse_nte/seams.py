@@ -182,6 +182,15 @@ class Strategy(Component):
 class Selection(Component):
     """Which training examples of the current task each epoch uses (data pruning)."""
 
+    def planned_rows(self, n: int, epochs: int) -> List[int]:
+        """Examples each epoch of a task with ``n`` training examples will train on (the runner
+        counts the task's optimizer steps from them, before the task starts)."""
+        return [n] * epochs
+
+    def warning(self, epochs_per_task: Sequence[int]) -> str:
+        """A one-line warning when the configured selection can never act ("" if fine)."""
+        return ""
+
     def rows(self, ctx: TaskContext, epoch: int) -> Optional[torch.Tensor]:
         """int64 rows of the task's training set for epoch ``epoch`` (None = every row). The
         runner shuffles them with the trial's (seed, task, epoch) generator."""

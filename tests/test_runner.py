@@ -59,6 +59,14 @@ weight_sparsity_fc = 0.3
 plasticity = rigl
 plasticity_interval = 5
 
+[tiny_ucb]
+description = dynamic data pruning (UCB) on half of each pruned epoch, from the second epoch
+data_pruning = ucb
+data_prune_rate = 0.5
+data_prune_start = 1
+train_ep = 3
+train_ep_inc = 2
+
 [tiny_cifar]
 description = iCIFAR-10 on a CNN
 dataset = cifar10
@@ -134,7 +142,7 @@ class Crash(Exception):
     pass
 
 
-@pytest.mark.parametrize("name", ["tiny", "tiny_nte_rigl"])
+@pytest.mark.parametrize("name", ["tiny", "tiny_nte_rigl", "tiny_ucb"])
 def test_resume_after_crash_gives_identical_results(tmp_path, cfg_file, name):
     cfg = config(cfg_file, name)
     full = run_trial(cfg, tmp_path / "full", progress=False, log=lambda m: None)
@@ -314,3 +322,16 @@ def test_sparse_execution_path_end_to_end(tmp_path, cfg_file):
         res[mode] = run_trial(cfg, tmp_path / mode, progress=False, log=lambda m: None)
     np.testing.assert_allclose(res["on"]["acc_matrix"], res["off"]["acc_matrix"], atol=0.02)
     assert all(s["mask_violations"] == 0 for s in res["on"]["stats"]["per_task"])
+
+
+def test_data_pruning_trains_on_the_kept_rows_and_records_the_selection(tmp_path, cfg_file):
+    """UCB at p = 0.5 from epoch 1: epoch 0 uses all 600 rows, later epochs 300; the runner
+    counts exactly those steps and the results record what was kept."""
+    res = run_trial(config(cfg_file, "tiny_ucb"), tmp_path, progress=False, log=lambda m: None)
+    per_task = res["stats"]["per_task"]
+    steps = [p["steps"] for p in per_task]
+    # steps so far: task 0 = ceil(600/32) + 2 ceil(300/32), tasks 1, 2 = ceil(600/32) + ceil(300/32)
+    assert steps == [39, 39 + 29, 39 + 2 * 29]
+    sel = per_task[0]["selection"]
+    assert sel["selector"] == "ucb" and sel["kept_fraction"] == [0.5, 0.5]
+    assert res["metrics"]["avg_acc"] > 0.2
