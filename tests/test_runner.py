@@ -333,5 +333,5 @@ def test_data_pruning_trains_on_the_kept_rows_and_records_the_selection(tmp_path
     # steps so far: task 0 = ceil(600/32) + 2 ceil(300/32), tasks 1, 2 = ceil(600/32) + ceil(300/32)
     assert steps == [39, 39 + 29, 39 + 2 * 29]
     sel = per_task[0]["selection"]
-    assert sel["selector"] == "ucb" and sel["kept_fraction"] == [0.5, 0.5]
+    assert sel["selector"] == "ucb" and sel["kept_fraction"] == [1.0, 0.5, 0.5]   # per epoch
     assert res["metrics"]["avg_acc"] > 0.2
