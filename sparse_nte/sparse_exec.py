@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import warnings
 from contextlib import contextmanager
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Protocol, runtime_checkable
 
 import torch
 import torch.nn as nn
@@ -65,6 +65,7 @@ __all__ = [
     "check_sparse_exec",
     "set_sparse_exec",
     "SparseLinearOverride",
+    "SparseExecutable",
 ]
 
 SPARSE_EXEC_MODES = ("auto", "on", "off")
@@ -339,15 +340,26 @@ class SparseLinearOverride(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+@runtime_checkable
+class SparseExecutable(Protocol):
+    """A layer with a choice of execution path: a ``sparse_exec`` mode (``auto`` | ``on`` |
+    ``off``) and the :class:`LiveConnections` of its weight.
+    :class:`sparse_nte.layers.SparseWeights` is one; this module depends on the protocol only,
+    never on the layers that implement it."""
+
+    sparse_exec: str
+
+    def live_connections(self) -> LiveConnections: ...
+
+
 def set_sparse_exec(model: nn.Module, mode: str) -> int:
     """Set ``sparse_exec`` (``auto`` | ``on`` | ``off``) on every sparse linear layer of ``model``
-    (what the config key ``sparse_exec`` does); return the number of layers set."""
-    from sparse_nte.layers import SparseWeights
-
+    (every :class:`SparseExecutable` module; what the config key ``sparse_exec`` does); return
+    the number of layers set."""
     check_sparse_exec(mode)
     count = 0
     for m in model.modules():
-        if isinstance(m, SparseWeights):
+        if isinstance(m, SparseExecutable):
             m.sparse_exec = mode
             count += 1
     return count

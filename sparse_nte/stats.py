@@ -16,8 +16,11 @@ presynaptic signs::
     dead             = #{not M and W == 0} / #{not M}    (allowed synapses at exactly zero)
     dead_exc, dead_inh: the same among synapses from excitatory / inhibitory units
 
-Duty-cycle entropy of k-WTA layers (Ahmad & Scheinkman 2019): ``sum_i H(d_i)`` in bits, with its
-maximum ``n H(k/n)`` reached when every unit is active equally often.
+Duty-cycle entropy of k-WTA layers (Ahmad & Scheinkman 2019): ``sum_i H(d_i)`` in bits over the
+``n`` units of one example, with its maximum ``n H(w/n)`` reached when every unit is active
+equally often, ``w`` the winners per example in training. For a ``KWinners2d`` ``n = C*H*W`` (as
+nupic.torch counts it) and each unit has its channel's duty cycle; with ``local=True`` ``k``
+winners are kept among the channels at each of the ``H*W`` locations, so ``w = k*H*W``.
 
 Hidden activity on the test sets of the tasks seen so far (:func:`activity_stats`) is recorded
 before dropout, in eval mode, through the model's ``record_activity()``
@@ -114,12 +117,14 @@ def mask_violations(model: nn.Module) -> int:
 
 def kwinners_entropy(model: nn.Module) -> dict[str, dict[str, float]]:
     """Per k-WTA layer (by module name): ``entropy`` (bits, of the duty cycles),
-    ``max_entropy`` (bits), ``n`` and ``k`` (units and winners in training)."""
+    ``max_entropy`` (bits), ``n`` (units of one example), ``k`` (winners of one competition in
+    training: per location for a local ``KWinners2d``) and ``winners`` (winners per example in
+    training, ``k * H * W`` for a local ``KWinners2d``, else ``k``)."""
     out = {}
     for name, m in model.named_modules():
         if isinstance(m, KWinnersBase):
             out[name] = {"entropy": float(m.entropy()), "max_entropy": float(m.max_entropy()),
-                         "n": int(m.n), "k": int(m.k)}
+                         "n": int(m.n), "k": int(m.k), "winners": int(m.winners_per_example())}
     return out
 
 

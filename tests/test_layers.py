@@ -10,7 +10,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sparse_nte.layers import (
-    _MaskGrad,
     KWinners,
     KWinners2d,
     SparseWeights,
@@ -21,6 +20,7 @@ from sparse_nte.layers import (
     rezero_weights,
     update_boost_strength,
 )
+from sparse_nte.layers.sparse_weights import _MaskGrad
 
 FAST = settings(max_examples=40, deadline=None)
 

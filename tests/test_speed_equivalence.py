@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from models import build_model
 from models.blocks import Dropout
 from sparse_nte.config import config_from_dict
-from sparse_nte.layers import KWinners, _kth_largest, kwinners, kwinners2d
+from sparse_nte.layers import KWinners, kwinners, kwinners2d
+from sparse_nte.layers.functional import _kth_largest
 
 
 def _values(draw, shape):
