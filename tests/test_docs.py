@@ -9,7 +9,7 @@ README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
 
 def test_readme_key_table_is_the_schema():
-    assert schema_markdown().strip() in README
+    assert schema_markdown().strip() in README, "run: python tools/update_key_table.py"
 
 
 def test_readme_flags_exist():
