@@ -18,9 +18,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sparse_nte.config import Config, config_from_dict
 from sparse_nte.dale import constrain_optimizer
-from sparse_nte.nte import NTE, build_nte_optimizer
+from sparse_nte.nte import build_nte_optimizer
 from sparse_nte.plasticity import build_schedule
+from sparse_nte.rules.optimizers import takes_example_losses
 
 __all__ = ["Learner", "build_optimizer", "build_learner"]
 
@@ -50,7 +52,7 @@ class Learner:
         self.optimizer = optimizer
         self.schedule = schedule
         self.step = 0
-        self.multiplicative = isinstance(optimizer, NTE)
+        self.multiplicative = takes_example_losses(optimizer)
         self._constraint_hook = constrain_optimizer(optimizer, model)
 
     def on_task_start(self, task: int) -> None:
@@ -99,6 +101,8 @@ class Learner:
 
 def build_learner(config: Mapping[str, Any], model: nn.Module, scenario: Any,
                   steps_per_task: Sequence[int]) -> Learner:
+    if not isinstance(config, Config):   # the runner's plain dict of a resolved config
+        config = config_from_dict(config)
     optimizer = build_optimizer(config, model)
     schedule = build_schedule(config, model, optimizer, list(steps_per_task), len(scenario.tasks))
     return Learner(model, optimizer, schedule)

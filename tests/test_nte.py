@@ -8,7 +8,9 @@ computed from torch.func per-example gradients::
     l_i <- min(l_i, log max_delta);   w_i = theta0_i + s_i exp(l_i)
 """
 import copy
+import inspect
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -18,8 +20,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.func import grad, vmap
 
+from sparse_nte.config import SCHEMA, config_from_dict
 from sparse_nte.layers import KWinners, SparseWeights, SparseWeights2d
-from sparse_nte.nte import NTE, build_nte_optimizer
+from sparse_nte.nte import (DEFAULTS, LOG_MAGNITUDE, NTE, SIGN, NTESpec, build_nte_optimizer,
+                            is_expert_ensemble)
 from sparse_nte.optim_state import reset_positions
 from sparse_nte.per_example import linear_exact, linear_series, row_bound, series_terms
 
@@ -742,10 +746,11 @@ def test_layer_called_on_different_subsets_twice_is_rejected():
 
 def test_build_from_config():
     model = make_mlp([6, 8, 3], 0.5, False, seed=0)
-    cfg = {"optimizer": "nte", "nte_beta": 0.02, "nte_eta": 0.5, "nte_max_delta": 0.2,
-           "nte_expand": "init", "nte_noise_scale": 1e-4, "nte_params": "weights",
-           "nte_fast": "off", "lr": 0.05, "seed": 1, "plasticity": "nte_prune",
-           "nte_prune_rule": "score", "nte_prune_momentum": 0.9}
+    cfg = config_from_dict({
+        "optimizer": "nte", "nte_beta": 0.02, "nte_eta": 0.5, "nte_max_delta": 0.2,
+        "nte_expand": "init", "nte_noise_scale": 1e-4, "nte_params": "weights",
+        "nte_fast": "off", "lr": 0.05, "seed": 1, "plasticity": "nte_prune",
+        "nte_prune_rule": "score", "nte_prune_momentum": 0.9, "weight_sparsity_fc": 0.5})
     opt = build_nte_optimizer(model, cfg)
     managed, other = opt.param_groups
     assert managed["managed"] and not other["managed"]
@@ -753,14 +758,46 @@ def test_build_from_config():
     assert other["lr"] == 0.05 and managed["beta"] == 0.02 and managed["eta"] == 0.5
     assert managed["max_delta"] == 0.2 and managed["fast"] == "off"
     assert opt.expand == "init" and opt.noise_scale == 1e-4 and opt.score_momentum == 0.9
-    opt_all = build_nte_optimizer(model, {"nte_params": "all"})
+    opt_all = build_nte_optimizer(model, config_from_dict({"optimizer": "nte",
+                                                           "nte_params": "all"}))
     assert len(opt_all.param_groups) == 1 and opt_all.param_groups[0]["beta"] == 0.01
+    assert opt_all.score_momentum is None   # no schedule prunes by the score
+    spec = NTESpec.from_config(cfg)
+    from_spec = build_nte_optimizer(make_mlp([6, 8, 3], 0.5, False, seed=0), spec)
+    for a, b in zip(opt.param_groups, from_spec.param_groups):
+        assert {k: v for k, v in a.items() if k != "params"} == \
+            {k: v for k, v in b.items() if k != "params"}
+    assert (from_spec.expand, from_spec.noise_scale, from_spec.score_momentum, from_spec.seed) \
+        == ("init", 1e-4, 0.9, 1)
     with pytest.raises(ValueError, match="nte_fast"):
-        build_nte_optimizer(model, {"nte_fast": "maybe", "lr": 0.1})
+        config_from_dict({"optimizer": "nte", "nte_fast": "maybe"})
     with pytest.raises(ValueError, match="'lr'"):
-        build_nte_optimizer(model, {"nte_params": "weights"})
+        build_nte_optimizer(model, replace(spec, lr=0.0))
     with pytest.raises(ValueError, match="optimizer"):
-        build_nte_optimizer(model, {"optimizer": "sgd"})
+        build_nte_optimizer(model, config_from_dict({"optimizer": "sgd"}))
+    with pytest.raises(TypeError, match="config_from_dict"):
+        build_nte_optimizer(model, {"optimizer": "nte"})   # plain mappings are not validated
+
+
+def test_schema_defaults_are_the_optimizers_own():
+    """The nte_* keys of the config schema default to the NTE constructor's defaults."""
+    signature = inspect.signature(NTE.__init__).parameters
+    for name in ("beta", "eta", "max_delta", "expand", "noise_scale", "fast"):
+        assert DEFAULTS[name] == signature[name].default
+        assert SCHEMA[f"nte_{name}"].default == DEFAULTS[name]
+    assert SCHEMA["nte_params"].default == DEFAULTS["params"] == "weights"
+
+
+def test_expert_ensemble_protocol():
+    model = make_mlp([5, 8, 3], 0.3, False, seed=0)
+    ws = [lin.weight for lin in linears(model)]
+    bs = [lin.bias for lin in linears(model)]
+    opt = NTE([{"params": ws}, {"params": bs, "managed": False, "lr": 0.1}], model)
+    assert is_expert_ensemble(opt) and opt.takes_example_losses
+    assert not is_expert_ensemble(torch.optim.SGD(model.parameters(), lr=0.1))
+    assert all(opt.multiplicative(w) for w in ws)
+    assert not any(opt.multiplicative(b) for b in bs)
+    assert set(opt.state[ws[0]]) == {LOG_MAGNITUDE, SIGN}
 
 
 def test_dale_sign_change_needs_resync():

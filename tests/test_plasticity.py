@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sparse_nte.config import config_from_dict
 from sparse_nte.layers import SparseWeights, SparseWeights2d
-from sparse_nte.nte import NTE, build_nte_optimizer
+from sparse_nte.nte import build_nte_optimizer
 from sparse_nte.plasticity import (
     SET,
     GradualMagnitudePruning,
@@ -111,7 +112,8 @@ def violations(model):
 
 def nte(model):
     """The NTE optimizer managing the weights (biases: SGD), as build_nte_optimizer does."""
-    return build_nte_optimizer(model, {"optimizer": "nte", "nte_beta": 0.05, "lr": 0.05})
+    return build_nte_optimizer(model, config_from_dict({"optimizer": "nte", "nte_beta": 0.05,
+                                                        "lr": 0.05}))
 
 
 def run(schedule, model, opt, steps, step0=0, n_in=12, check=None, gen_seed=0):
@@ -121,7 +123,7 @@ def run(schedule, model, opt, steps, step0=0, n_in=12, check=None, gen_seed=0):
     for step in range(step0, step0 + steps):
         x = torch.randn(8, n_in, generator=g)
         y = torch.randint(0, 3, (8,), generator=g)
-        if isinstance(opt, NTE):
+        if getattr(opt, "takes_example_losses", False):
             schedule.after_backward(step)
             opt.step(lambda: F.cross_entropy(model(x), y, reduction="none"))
         else:
@@ -821,13 +823,12 @@ def test_sparse_dale_nte_rigl_trains_hundreds_of_steps_without_a_violation():
     from types import SimpleNamespace
 
     from models import build_model
-    from sparse_nte.config import config_from_dict
 
-    cfg = dict(config_from_dict({
+    cfg = config_from_dict({
         "dale": True, "optimizer": "nte", "nte_beta": 0.05, "plasticity": "rigl",
         "plasticity_interval": 25, "rigl_alpha": 0.4, "weight_sparsity_fc": 0.2,
         "hidden_units": 32, "hidden_layers": 2, "sparsify": True, "percent_on_fc": 0.25,
-        "grow_init_scale": 1e-3, "num_batch": 2, "seed": 3}))
+        "grow_init_scale": 1e-3, "num_batch": 2, "seed": 3})
     scenario = SimpleNamespace(input_shape=(1, 6, 6), num_heads=1, head_size=4,
                                tasks=(None, None), head_of=lambda t: 0)
     model = build_model(cfg, scenario)
@@ -888,8 +889,9 @@ def test_nte_prune_removes_what_the_posterior_rule_selects(rule):
     model = mlp(dale=True, density=0.5)
     cfg = config(plasticity="nte_prune", nte_prune_rule=rule, nte_prune_rate=0.1,
                  nte_prune_z=1.0, plasticity_interval=4, plasticity_end=0.75)
-    opt = build_nte_optimizer(model, {"optimizer": "nte", "nte_beta": 0.05, "lr": 0.05, **{
-        k: cfg[k] for k in ("plasticity", "nte_prune_rule", "nte_prune_momentum")}})
+    opt = build_nte_optimizer(model, config_from_dict({
+        "optimizer": "nte", "nte_beta": 0.05, "lr": 0.05, "weight_sparsity_fc": 0.5,
+        **{k: cfg[k] for k in ("plasticity", "nte_prune_rule", "nte_prune_momentum")}}))
     sched = build_schedule(cfg, model, opt, 40, 1)
     layers = plastic_layers(model)
     log_total = opt.log_total
@@ -955,8 +957,8 @@ def test_rigl_resumed_mid_task_matches_an_uninterrupted_run():
 def test_grow_old_lr_scales_the_nte_log_magnitude_step(expand):
     def make(old_lr):
         model = mlp(dale=True, density=0.3)
-        opt = build_nte_optimizer(model, {"optimizer": "nte", "nte_beta": 0.05, "lr": 0.05,
-                                          "nte_expand": expand})
+        opt = build_nte_optimizer(model, config_from_dict({"optimizer": "nte", "nte_beta": 0.05,
+                                                           "lr": 0.05, "nte_expand": expand}))
         sched = TaskwiseGrowth(plastic_layers(model), opt, start_density=0.3, end_density=0.6,
                                old_lr=old_lr, steps_per_task=3, num_tasks=2)
         sched.on_task_start(0)

@@ -1,0 +1,92 @@
+"""The Neural Tangent Ensemble (NTE) learning rule as a ``torch.optim.Optimizer``.
+
+Benjamin, Pehle & Daruwalla, "Continual learning with the neural tangent ensemble", NeurIPS 2024
+(reference implementation: ZadorLaboratory/NeuralTangentEnsemble, ``projectlib/ntk.py``).
+
+Each managed parameter entry i is an *expert* of an ensemble, with a fixed sign s_i and a
+log-magnitude l_i; the weight is::
+
+    w_i = theta0_i + s_i * exp(l_i)          theta0 = 0 ("origin", default) or the initial
+                                             weights minus a small noise ("init")
+
+For a batch of B examples with per-example loss gradients g_{b,i} (the gradient of each
+example's own negative log-likelihood, at the current weights), one step is::
+
+    1. l_i <- l_i + eta * sum_b log(1 - beta * s_i * g_{b,i})        (Bayesian posterior update)
+    2. l_i <- l_i + log Z - logsumexp_j l_j          (so that sum_i exp(l_i) = Z, the total at
+                                                      construction)
+    3. l_i <- min(l_i, log max_delta)
+    4. w_i  = theta0_i + s_i * exp(l_i)
+
+Defaults follow the reference: beta (inverse temperature) 0.01, eta 1, max_delta 0.1, expansion
+around the origin. A weight's sign never flips; it only shrinks or grows relative to the others.
+
+Usage (the closure returns the PER-EXAMPLE losses, ``reduction="none"``)::
+
+    opt = NTE(model.parameters(), model)                  # or build_nte_optimizer(model, cfg)
+    for x, y, t in batches:
+        loss = opt.step(lambda: F.cross_entropy(model(x, t), y, reduction="none"))
+
+``step`` runs the closure with forward hooks on the linear / conv layers, runs one backward pass
+of the summed losses that stops at the layer outputs (no weight gradients are formed), and
+computes the sums over examples layer by layer (:mod:`sparse_nte.per_example`, dispatched in
+:mod:`~sparse_nte.nte.likelihood`): exactly, or for
+linear layers through the power series of log(1 - x) where its truncation error is provably
+below ``fast_tol``. Parameters outside linear / conv layers fall back to vmap over the backward
+pass. Examples must not interact in the forward pass (no batch norm in training mode; k-WTA,
+dropout and per-example routing to heads are fine): dim 0 of every layer input indexes the
+examples.
+
+How this implementation differs from the reference, and why:
+
+* Guard. The reference takes log(1 - beta s g) with no check and returns NaN when
+  beta s g >= 1. Here the likelihood is clamped to ``min_likelihood`` (default 1e-6, i.e. one
+  example can shrink an expert by at most that factor) and every clamped (example, entry) term
+  is counted (:attr:`NTE.guard_count`, saved in the state dict).
+* Sparse connectivity. Entries masked by a :class:`~sparse_nte.layers.SparseWeightsBase` have
+  l = -inf (exp(l) = 0): the weight is exactly 0, the entry is not an expert and is excluded from
+  the normaliser. The masks are read at every step, so a pruned entry leaves the ensemble at once.
+* Dale's law. For a layer with presynaptic signs (``dale_sign``) the expert signs ARE the Dale
+  signs, so no step can violate the constraint.
+* Zero weights. The reference asserts that no parameter is zero. Here an unmasked entry that is
+  exactly 0 when expanding around the origin is a dead expert (l = -inf: it stays 0 until
+  :meth:`NTE.reset_positions` gives it a magnitude); a managed tensor whose unmasked entries are
+  ALL zero (e.g. a zero-initialised bias) is an error, because it could never learn.
+* Expansion around init. As in the reference, theta0 = w_init - delta0 with
+  delta0 = s * noise_scale * |xi|, xi ~ N(0, 1) (``seed``), so the network starts unchanged; s is
+  the sign of xi, or the Dale sign. For Dale layers theta0 is clipped to the Dale sign
+  (theta0 = s max(s (w_init - delta0), 0)) so that w = theta0 + s exp(l) can never cross zero.
+* Which parameters. The reference manages every parameter; here the param groups say which
+  (``managed=False`` groups take plain SGD steps on the batch-MEAN loss with their ``lr``).
+  :func:`build_nte_optimizer` manages the weights of linear / conv layers by default
+  (``nte_params = weights``) or everything (``all``).
+* Several heads. A managed tensor that received no gradient this step (a head no example was
+  routed to; its per-example gradients are all exactly zero or absent) is left untouched, and
+  the renormalisation acts on the others with target ``Z - sum_{untouched} exp(l)``, so the
+  total is still Z.
+* Normaliser. Z is fixed when the optimizer is built (as in the reference) and is not changed by
+  pruning or growth (:meth:`reset_positions`): after a pruning event the surviving experts are
+  renormalised to the same total, as a posterior is after hypotheses are removed.
+* eta is the exponent of the likelihood (the reference's latest version); the experimental
+  periodic reset of the Taylor expansion point (``reset_taylor_steps``) is not implemented.
+* max_delta clips the magnitudes after the renormalisation (reference's log-space version); an
+  earlier reference version clipped the signed deltas from above only. The total can therefore
+  fall below Z when the clip binds; the next renormalisation restores it before clipping again.
+
+Modules: :mod:`~sparse_nte.nte.optimizer` (the :class:`NTE` class: param groups, the step,
+checkpoints), :mod:`~sparse_nte.nte.likelihood` (step 1), :mod:`~sparse_nte.nte.posterior`
+(steps 2-4), :mod:`~sparse_nte.nte.experts` (creating and re-deriving experts),
+:mod:`~sparse_nte.nte.model_index` (which layer owns each parameter), :mod:`~sparse_nte.nte.state`
+(the names of the per-parameter state), :mod:`~sparse_nte.nte.protocol` (what plasticity needs
+from an expert-ensemble optimizer), :mod:`~sparse_nte.nte.options` and :mod:`~sparse_nte.nte.build`
+(:class:`NTESpec`, :func:`build_nte_optimizer`, :data:`DEFAULTS`).
+"""
+from sparse_nte.nte.build import DEFAULTS, NTESpec, build_nte_optimizer
+from sparse_nte.nte.optimizer import NTE
+from sparse_nte.nte.options import EXPANSIONS, FAST_MODES, NTE_PARAMS
+from sparse_nte.nte.protocol import ExpertEnsemble, is_expert_ensemble
+from sparse_nte.nte.state import LOG_MAGNITUDE, PRUNE_SCORE, SIGN, THETA0
+
+__all__ = ["NTE", "build_nte_optimizer", "NTESpec", "DEFAULTS", "FAST_MODES", "EXPANSIONS",
+           "NTE_PARAMS", "ExpertEnsemble", "is_expert_ensemble", "LOG_MAGNITUDE", "SIGN", "THETA0",
+           "PRUNE_SCORE"]
