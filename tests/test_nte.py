@@ -377,10 +377,53 @@ def two_heads_forward(p, x, t):
     return outs[torch.arange(x.shape[0]), t]
 
 
-@pytest.mark.parametrize("subset", [False, True])
-def test_unused_head_does_not_change_and_total_is_kept(subset):
+@pytest.mark.parametrize("fast", ["off", "on"])
+def test_layer_with_an_all_zero_input_takes_part_as_in_the_reference(fast):
+    """Every example's input is 0: the first weight's per-example gradients are all zero, its
+    bias's are not. As in the reference every tensor is updated (a zero term for the weight),
+    renormalised and clipped; keep_grad leaves the (zero) gradient in .grad."""
+    model = make_mlp([6, 9, 3], 0.0, False, seed=4)
+    opt = NTE(model.parameters(), model, beta=0.1, max_delta=0.3, fast=fast, keep_grad=True)
+    params = mlp_params(model)
+    x = torch.zeros(7, 6)
+    y = torch.randint(0, 3, (7,))
+    grads = func_grads(lambda p, xb: mlp_forward(p, xb, 2), params, x, y)
+    assert float(grads["w0"].abs().max()) == 0.0 and float(grads["b0"].abs().max()) > 0.0
+    expected = transcription(opt, params, grads)
+    opt.step(ce_closure(model, x, y))
+    assert max_err(params, expected) < 1e-6
+    assert set(opt.last_step["updated"]) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+    assert torch.equal(params["w0"].grad, torch.zeros_like(params["w0"]))
+    assert torch.allclose(params["b0"].grad.double(), grads["b0"].mean(0), atol=1e-7)
+
+
+def test_all_hidden_units_dead_still_renormalise_and_clip_as_in_the_reference():
+    """Every hidden ReLU is dead for the whole batch: only the output bias has non-zero
+    per-example gradients. The reference still renormalises and clips every tensor, so an
+    output bias of -20 (magnitude above max_delta) is clipped to -max_delta."""
+    model = make_mlp([4, 5, 3], 0.0, False, seed=5)
+    with torch.no_grad():
+        model[0].bias.fill_(-50.0)     # pre-activations < 0 for every example below
+        model[2].bias[1] = -20.0
+    opt = NTE(model.parameters(), model, beta=0.05, max_delta=0.1)
+    params = mlp_params(model)
+    x = torch.rand(8, 4)
+    y = torch.randint(0, 3, (8,))
+    grads = func_grads(lambda p, xb: mlp_forward(p, xb, 2), params, x, y)
+    assert all(float(grads[k].abs().max()) == 0.0 for k in ("w0", "b0", "w1"))
+    expected = transcription(opt, params, grads)
+    opt.step(ce_closure(model, x, y))
+    assert max_err(params, expected) < 1e-6
+    assert float(model[2].bias.detach()[1]) == pytest.approx(-0.1, rel=1e-6)
+    assert float(model[0].bias.detach().abs().max()) == pytest.approx(0.1, rel=1e-6)
+    assert len(opt.last_step["updated"]) == 4
+
+
+def test_head_that_did_not_run_does_not_change_and_total_is_kept():
+    """The documented exception to the reference: a head no example was routed to (its layer
+    did not run) is left out of the step; the others are renormalised to Z minus its mass."""
     torch.manual_seed(0)
-    model = TwoHeads(subset)
+    model = TwoHeads(subset=True)
     opt = NTE(model.parameters(), model, beta=0.1, max_delta=10.0)  # no clipping: exact total
     head1 = [p.detach().clone() for p in model.heads[1].parameters()]
     x = torch.randn(9, 5)
@@ -393,6 +436,33 @@ def test_unused_head_does_not_change_and_total_is_kept(subset):
     total = sum(float(opt.state[p]["log_magnitude"].double().exp().sum())
                 for p in opt.managed_params())
     assert total == pytest.approx(math.exp(opt.log_total), rel=1e-6)
+
+
+def test_head_that_ran_without_gradient_is_renormalised_as_in_the_reference():
+    """Every head runs on the whole batch and the outputs are gathered: head 1 ran but no
+    example's loss depends on it (zero per-example gradients). As in the reference it takes part
+    in the renormalisation and the clip, with a zero likelihood term."""
+    torch.manual_seed(0)
+    model = TwoHeads(subset=False)
+    opt = NTE(model.parameters(), model, beta=0.1, max_delta=0.3)
+    params = dict(model.named_parameters())
+    x = torch.randn(9, 5)
+    t = torch.zeros(9, dtype=torch.long)
+    y = torch.randint(0, 3, (9,))
+    detached = {k: v.detach() for k, v in params.items()}
+
+    def loss(p, xb, tb, yb):
+        return F.cross_entropy(two_heads_forward(p, xb[None], tb[None]), yb[None])
+
+    for _ in range(2):
+        g = vmap(grad(loss), in_dims=(None, 0, 0, 0))(detached, x, t, y)
+        assert float(g["heads.1.weight"].abs().max()) == 0.0
+        expected = transcription(opt, params, {k: v.double() for k, v in g.items()})
+        head1 = model.heads[1].weight.detach().clone()
+        opt.step(lambda: F.cross_entropy(model(x, t), y, reduction="none"))
+        assert max_err(params, expected) < 1e-6
+        assert not torch.equal(head1, model.heads[1].weight)
+        assert "heads.1.weight" in opt.last_step["updated"]
 
 
 @pytest.mark.parametrize("subset", [False, True])

@@ -60,10 +60,14 @@ How this implementation differs from the reference, and why:
   (``managed=False`` groups take plain SGD steps on the batch-MEAN loss with their ``lr``).
   :func:`build_nte_optimizer` manages the weights of linear / conv layers by default
   (``nte_params = weights``) or everything (``all``).
-* Several heads. A managed tensor that received no gradient this step (a head no example was
-  routed to; its per-example gradients are all exactly zero or absent) is left untouched, and
-  the renormalisation acts on the others with target ``Z - sum_{untouched} exp(l)``, so the
-  total is still Z.
+* Several heads. As in the reference, every managed tensor of a layer that ran in the forward
+  pass takes part in steps 1-4, even when all its per-example gradients are zero (an all-zero
+  input, dead ReLUs, an output that does not reach the loss): its likelihood term is then 0 but it
+  is renormalised and clipped. The one exception is a layer that did not run at all (a head no
+  example was routed to; for parameters outside linear / conv layers: not used by the losses):
+  its tensors are left untouched, and the renormalisation acts on the others with target
+  ``Z - sum_{untouched} exp(l)``, so the total is still Z. This keeps an earlier task's read-out
+  exactly as it was trained.
 * Normaliser. Z is fixed when the optimizer is built (as in the reference) and is not changed by
   pruning or growth (:meth:`reset_positions`): after a pruning event the surviving experts are
   renormalised to the same total, as a posterior is after hypotheses are removed.

@@ -29,8 +29,8 @@ from sparse_nte.per_example import (LayerCall, bmm_exact, conv2d_padding, dense_
                                     linear_exact, linear_series, per_example_grads, row_bound,
                                     series_terms, unfold_conv2d_input)
 
-__all__ = ["Numerics", "weight_log_likelihood", "bias_log_likelihood", "batch_weight_grad",
-           "generic_log_likelihood"]
+__all__ = ["Numerics", "nonzero_terms", "weight_log_likelihood", "bias_log_likelihood",
+           "batch_weight_grad", "generic_log_likelihood"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,19 @@ class Numerics:
     fast_tol: float
     min_likelihood: float
     chunk_elements: int
+
+
+def nonzero_terms(calls: Sequence[LayerCall]) -> Tuple[bool, bool]:
+    """(weight, bias): whether some per-example gradient of the layer's weight (some call with a
+    non-zero input and output gradient) or bias (a non-zero output gradient) is non-zero. Where
+    all are zero every likelihood is 1 and the sums are exactly 0, so they are not formed."""
+    weight = bias = False
+    for c in calls:
+        if bool(c.output_grad.any()):
+            bias = True
+            if bool(c.input.any()):
+                return True, True
+    return weight, bias
 
 
 @torch.no_grad()
@@ -156,13 +169,12 @@ def generic_log_likelihood(losses: torch.Tensor, params: Sequence[torch.Tensor],
                            numerics: Numerics, want_grad: bool
                            ) -> Tuple[int, List[torch.Tensor], Dict[int, torch.Tensor]]:
     """Step 1 for parameters outside captured layers (vmap over the backward pass; the graph of
-    ``losses`` must be retained). Returns the guard count, the parameters with a non-zero
-    per-example gradient (the others are inactive this step), and, with ``want_grad``, the
+    ``losses`` must be retained). Returns the guard count, the parameters the losses depend on
+    (the others get no term and do not take part in the step), and, with ``want_grad``, the
     gradient of the summed losses of each of them (by id)."""
     guard = 0
     sums: Dict[int, torch.Tensor] = {}
     gsum: Dict[int, torch.Tensor] = {}
-    nonzero = set()
     for _, grads in per_example_grads(losses, params, numerics.chunk_elements):
         with torch.no_grad():
             for p, st, group, g in zip(params, states, groups, grads):
@@ -172,15 +184,13 @@ def generic_log_likelihood(losses: torch.Tensor, params: Sequence[torch.Tensor],
                                                numerics.min_likelihood)
                 guard += c
                 sums[id(p)] = part if id(p) not in sums else sums[id(p)].add_(part)
-                if bool(g.any()):
-                    nonzero.add(id(p))
                 if want_grad:
                     s = g.sum(0)
                     gsum[id(p)] = s if id(p) not in gsum else gsum[id(p)].add_(s)
-    used = [p for p in params if id(p) in nonzero]
+    used = [p for p in params if id(p) in sums]
     with torch.no_grad():
         for p, st, group in zip(params, states, groups):
-            if id(p) in nonzero:
+            if id(p) in sums:
                 st[LOG_MAGNITUDE].add_(sums[id(p)], alpha=group["eta"])
-    return guard, used, {k: v for k, v in gsum.items() if k in nonzero}
+    return guard, used, gsum
 

@@ -12,7 +12,8 @@ from torch.optim import Optimizer
 
 from sparse_nte.nte.experts import new_experts, rederive_experts, update_prune_score
 from sparse_nte.nte.likelihood import (Numerics, batch_weight_grad, bias_log_likelihood,
-                                       generic_log_likelihood, weight_log_likelihood)
+                                       generic_log_likelihood, nonzero_terms,
+                                       weight_log_likelihood)
 from sparse_nte.nte.model_index import Layer, ModelIndex, ParamInfo
 from sparse_nte.nte.options import EXPANSIONS, check_group, check_number
 from sparse_nte.nte.posterior import log_sum_exp, renormalise_and_write, write_weight
@@ -247,28 +248,33 @@ class NTE(Optimizer):
     # -- helpers of step ---------------------------------------------------------------------
     def _layer_step(self, layer: Layer, calls: list, active: set,
                     mean_grads: Dict[int, torch.Tensor], want_grad: bool, report: dict) -> int:
-        """Step 1 for the managed parameters of a captured layer that ran. A layer whose
-        per-example gradients are all exactly zero (or absent) is inactive this step."""
+        """Step 1 for the managed parameters of a captured layer that ran. They all take part in
+        the step; where every per-example gradient is zero (an all-zero input, dead units
+        downstream, an output that does not reach the loss) their likelihood term is 0."""
         calls = [c for c in calls if c.output_grad is not None]
-        if not any(bool(c.output_grad.any()) and bool(c.input.any()) for c in calls):
-            return 0
+        weight_terms, bias_terms = nonzero_terms(calls)
         guard = 0
         w, b = layer.weight, layer.bias
         if self._is_managed(w):
             info = self._index.info[id(w)]
-            guard += weight_log_likelihood(layer, calls, self.state[w], info.current_dale(),
-                                           info.group, self.numerics, report)
             active.add(id(w))
+            if weight_terms:
+                guard += weight_log_likelihood(layer, calls, self.state[w], info.current_dale(),
+                                               info.group, self.numerics, report)
             if want_grad:
-                mean_grads[id(w)] = batch_weight_grad(layer, calls)
+                mean_grads[id(w)] = batch_weight_grad(layer, calls) if weight_terms \
+                    else torch.zeros_like(w.detach())
         if self._is_managed(b):
-            count, g = bias_log_likelihood(layer, calls, self.state[b],
-                                           self._index.info[id(b)].group,
-                                           self.numerics.min_likelihood)
-            guard += count
             active.add(id(b))
-            if want_grad:
-                mean_grads[id(b)] = g.sum(0)
+            if bias_terms:
+                count, g = bias_log_likelihood(layer, calls, self.state[b],
+                                               self._index.info[id(b)].group,
+                                               self.numerics.min_likelihood)
+                guard += count
+                if want_grad:
+                    mean_grads[id(b)] = g.sum(0)
+            elif want_grad:
+                mean_grads[id(b)] = torch.zeros_like(b.detach())
         return guard
 
     def _apply(self, active_ids: set) -> None:

@@ -8,7 +8,7 @@ the step (Benjamin, Pehle & Daruwalla, NeurIPS 2024; reference ``projectlib/ntk.
     4. w_i  = theta0_i + s_i exp(l_i)
 
 Z_target is Z, the total magnitude fixed when the optimizer was built, minus the mass of the
-experts that do not take part in the step (tensors that received no gradient: a head no example
+experts that do not take part in the step (tensors of a layer that did not run: a head no example
 was routed to); those keep l and w unchanged. Everything works block by block
 (:mod:`sparse_nte.per_example.blocks`) so that no parameter-sized temporary is formed.
 """
