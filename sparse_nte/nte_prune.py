@@ -13,7 +13,8 @@ the :class:`~sparse_nte.layers.SparseWeightsBase` layers whose weight the
   ``cutoff_method="gaussian"``): the score of an expert is an exponential moving average of
   ``grad * sign`` (momentum 0.99, kept by the optimizer when built with ``score_momentum``)::
 
-      v_i <- m v_i + (1 - m) g_i s_i            g = gradient of the batch-mean loss
+      v_i <- m v_i + (1 - m) g_i s_i            g = gradient of the batch-mean loss (plus
+                                                the penalty R of NTE.step, if any)
 
   A positive score means the data keep pushing the expert's magnitude down. The experts with
   ``v_i >= mean(v) + z * std(v)`` over the live experts of the layer are removed; z = 2.33 is

@@ -26,6 +26,20 @@ Usage (the closure returns the PER-EXAMPLE losses, ``reduction="none"``)::
     opt = NTE(model.parameters(), model)                  # or build_nte_optimizer(model, cfg)
     for x, y, t in batches:
         loss = opt.step(lambda: F.cross_entropy(model(x, t), y, reduction="none"))
+        # with a continual-learning strategy's parameter term R(theta), e.g. EWC's:
+        # opt.step(closure, penalty=lambda: ewc.penalty())
+
+A penalty R(theta) (``step(closure, penalty)``) is one more observation. EWC's term
+(lambda/2) sum_i F_i (theta_i - theta*_i)^2 is the Laplace approximation of the negative
+log-likelihood of the earlier tasks' data, i.e. the loss of one more (aggregate) observation whose
+loss gradient is g_R = dR/dtheta; in the ensemble its likelihood is linearised exactly like an
+example's, so step 1 gains ONE factor per expert::
+
+    1'. l_i <- l_i + eta * log(1 - beta * s_i * g_R,i)     (guarded and counted like the others)
+
+To first order in beta, steps 1 and 1' move the experts along -(sum_b g_b + g_R): R is weighed
+against the batch's SUMMED loss, as a single observation is. Parameters the rule does not manage
+take their SGD step on (batch-mean loss + R), the objective of :class:`sparse_nte.seams.Objective`.
 
 ``step`` runs the closure with forward hooks on the linear / conv layers, runs one backward pass
 of the summed losses that stops at the layer outputs (no weight gradients are formed), and
@@ -64,15 +78,16 @@ How this implementation differs from the reference, and why:
   pass takes part in steps 1-4, even when all its per-example gradients are zero (an all-zero
   input, dead ReLUs, an output that does not reach the loss): its likelihood term is then 0 but it
   is renormalised and clipped. The one exception is a layer that did not run at all (a head no
-  example was routed to; for parameters outside linear / conv layers: not used by the losses):
-  its tensors are left untouched, and the renormalisation acts on the others with target
-  ``Z - sum_{untouched} exp(l)``, so the total is still Z. This keeps an earlier task's read-out
-  exactly as it was trained.
+  example was routed to; for parameters outside linear / conv layers: not used by the losses),
+  unless the penalty depends on it: its tensors are left untouched, and the renormalisation
+  acts on the others with target ``Z - sum_{untouched} exp(l)``, so the total is still Z. This
+  keeps an earlier task's read-out exactly as it was trained.
 * Normaliser. Z is fixed when the optimizer is built (as in the reference) and is not changed by
   pruning or growth (:meth:`reset_positions`): after a pruning event the surviving experts are
   renormalised to the same total, as a posterior is after hypotheses are removed.
 * eta is the exponent of the likelihood (the reference's latest version); the experimental
   periodic reset of the Taylor expansion point (``reset_taylor_steps``) is not implemented.
+* Penalty. The reference has no parameter penalty; 1' above is this implementation's reading.
 * max_delta clips the magnitudes after the renormalisation (reference's log-space version); an
   earlier reference version clipped the signed deltas from above only. The total can therefore
   fall below Z when the clip binds; the next renormalisation restores it before clipping again.

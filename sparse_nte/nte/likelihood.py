@@ -10,7 +10,9 @@ dispatched per layer to the per-example machinery (:mod:`sparse_nte.per_example`
 * the weight of a convolution, or of a layer with several locations or calls per example: exact
   sums from ``bmm`` per-example gradients;
 * a bias: its per-example gradients are the layer's output gradients summed over locations;
-* any other parameter: per-example gradients by ``vmap`` over the backward pass.
+* any other parameter: per-example gradients by ``vmap`` over the backward pass;
+* a parameter penalty R(theta) (one more observation, :mod:`sparse_nte.nte`): the factor
+  ``eta * log(1 - beta s_i g_R,i)`` of its gradient g_R.
 
 Every function adds to the log-magnitudes in place and returns the number of likelihood terms
 clamped by the guard (``1 - beta s g`` below ``min_likelihood``).
@@ -18,19 +20,21 @@ clamped by the guard (``1 - beta s g`` below ``min_likelihood``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from sparse_nte.nte.model_index import Layer
 from sparse_nte.nte.options import FAST_MODES
 from sparse_nte.nte.state import LOG_MAGNITUDE, SIGN
-from sparse_nte.per_example import (LayerCall, bmm_exact, conv2d_padding, dense_log_likelihood,
-                                    linear_exact, linear_series, per_example_grads, row_bound,
-                                    series_terms, unfold_conv2d_input)
+from sparse_nte.per_example import (LayerCall, add_log_likelihood, bmm_exact, check_penalty,
+                                    conv2d_padding, dense_log_likelihood, linear_exact,
+                                    linear_series, per_example_grads, row_bound, series_terms,
+                                    unfold_conv2d_input)
 
 __all__ = ["Numerics", "nonzero_terms", "weight_log_likelihood", "bias_log_likelihood",
-           "batch_weight_grad", "generic_log_likelihood"]
+           "batch_weight_grad", "generic_log_likelihood", "penalty_gradients",
+           "penalty_log_likelihood"]
 
 
 @dataclass(frozen=True)
@@ -194,3 +198,30 @@ def generic_log_likelihood(losses: torch.Tensor, params: Sequence[torch.Tensor],
                 st[LOG_MAGNITUDE].add_(sums[id(p)], alpha=group["eta"])
     return guard, used, gsum
 
+
+def penalty_gradients(penalty: Optional[Callable[[], Optional[torch.Tensor]]],
+                      params: Sequence[torch.Tensor], batch_nodes: Sequence[torch.Tensor]
+                      ) -> Dict[int, torch.Tensor]:
+    """g_R = dR/dtheta of every parameter in ``params`` that R = ``penalty()`` depends on (by
+    id); empty without a penalty or when it returns None. ``batch_nodes``: leaves of the
+    forward pass R must not depend on (:func:`~sparse_nte.per_example.check_penalty`)."""
+    if penalty is None:
+        return {}
+    if not callable(penalty):
+        raise ValueError(f"NTE.step: penalty must be a callable returning R(theta), got "
+                         f"{type(penalty).__name__}")
+    with torch.enable_grad():
+        value: Any = penalty()
+    if value is None:
+        return {}
+    value = check_penalty(value, params, batch_nodes)
+    grads = torch.autograd.grad(value, list(params), allow_unused=True)
+    return {id(p): g for p, g in zip(params, grads) if g is not None}
+
+
+@torch.no_grad()
+def penalty_log_likelihood(state: Dict[str, torch.Tensor], g: torch.Tensor, group: dict,
+                           floor: float) -> int:
+    """Step 1': l_i += eta * log(max(1 - beta s_i g_R,i, floor)); returns the guard count."""
+    return add_log_likelihood(state[LOG_MAGNITUDE], g, state[SIGN], group["beta"], floor,
+                              alpha=group["eta"])

@@ -13,6 +13,7 @@ from torch.optim import Optimizer
 from sparse_nte.nte.experts import new_experts, rederive_experts, update_prune_score
 from sparse_nte.nte.likelihood import (Numerics, batch_weight_grad, bias_log_likelihood,
                                        generic_log_likelihood, nonzero_terms,
+                                       penalty_gradients, penalty_log_likelihood,
                                        weight_log_likelihood)
 from sparse_nte.nte.model_index import Layer, ModelIndex, ParamInfo
 from sparse_nte.nte.options import EXPANSIONS, check_group, check_number
@@ -43,8 +44,8 @@ class NTE(Optimizer):
         fast_tol: largest truncation error of the series on a log-magnitude update (> 0).
         min_likelihood: the guard: smallest likelihood of one example under one expert.
         chunk_elements: size of the temporary blocks of the exact per-example computation.
-        keep_grad: after each step, set ``p.grad`` to the gradient of the batch-mean loss
-            (costs one extra matrix product per layer).
+        keep_grad: after each step, set ``p.grad`` to the gradient of the step's objective,
+            the batch-mean loss plus the penalty (costs one extra matrix product per layer).
         score_momentum: if set, keep ``state[p][PRUNE_SCORE]``, an exponential moving average
             of ``grad * sign`` (the NTE pruning score, :mod:`sparse_nte.nte_prune`).
         seed: seeds the noise of ``expand="init"``.
@@ -167,7 +168,9 @@ class NTE(Optimizer):
 
     # -- the step ----------------------------------------------------------------------------
     def step(self,  # type: ignore[override]
-             closure: Optional[Callable[[], torch.Tensor]] = None) -> torch.Tensor:
+             closure: Optional[Callable[[], torch.Tensor]] = None,
+             penalty: Optional[Callable[[], Optional[torch.Tensor]]] = None
+             ) -> torch.Tensor:
         """Run ``closure`` (forward pass returning the per-example losses) and apply one NTE
         update. Returns the batch-mean loss (detached).
 
@@ -175,6 +178,11 @@ class NTE(Optimizer):
         (B, ...) summed per example), e.g. ``F.cross_entropy(logits, y, reduction="none")``.
         It must not call ``backward()``. A 0-dim (mean- or sum-reduced) loss is rejected: the
         rule needs each example's own gradient.
+
+        ``penalty``: a callable returning a 0-dim tensor R(theta) of the parameters alone (a
+        continual-learning strategy's term, e.g. EWC's), or None. Its gradient g_R enters each
+        managed expert as one more likelihood factor, l_i += eta log(1 - beta s_i g_R,i), and
+        the unmanaged parameters step on (batch-mean loss + R) (see :mod:`sparse_nte.nte`).
         """
         if closure is None:
             raise ValueError(
@@ -194,6 +202,7 @@ class NTE(Optimizer):
         losses = check_example_losses(losses, params)
         n_examples = losses.shape[0]
         total = losses.sum()
+        penalty_grads = penalty_gradients(penalty, params, capture.anchors)
         fired = self._index.fired_layers(hooked, capture, n_examples, total,
                                          self._is_managed)
         generic = [p for p in params if self._is_managed(p) and self._is_generic(p)]
@@ -213,7 +222,7 @@ class NTE(Optimizer):
             unmanaged_grads = list(grads[len(capture.anchors):])
             del grads
 
-        # step 1: layer by layer, then the generic parameters
+        # step 1: layer by layer, the generic parameters, the penalty
         active: set = set()   # ids of the tensors taking part in steps 2-4
         mean_grads: Dict[int, torch.Tensor] = {}
         want_grad = self.keep_grad or self.score_momentum is not None
@@ -232,11 +241,17 @@ class NTE(Optimizer):
             active.update(id(p) for p in used)
             mean_grads.update(grad_sums)
             report["generic"] = [self._index.info[id(p)].name for p in generic]
+        for p in self.managed_params():
+            if id(p) in penalty_grads:
+                guard += penalty_log_likelihood(self.state[p], penalty_grads[id(p)],
+                                                self._index.info[id(p)].group,
+                                                self.numerics.min_likelihood)
+                active.add(id(p))
 
         with torch.no_grad():
             self._apply(active)  # steps 2-4: renormalise, clip, write the weights
-            self._sgd_step(unmanaged, unmanaged_grads, n_examples)
-            self._record_gradients(mean_grads, n_examples)
+            self._sgd_step(unmanaged, unmanaged_grads, penalty_grads, n_examples)
+            self._record_gradients(mean_grads, penalty_grads, n_examples)
         self._guard_count += guard
         self._steps += 1
         report["guard"] = guard
@@ -290,27 +305,36 @@ class NTE(Optimizer):
         renormalise_and_write(entries, untouched, self._log_total)
 
     def _sgd_step(self, params: List[torch.Tensor], grads: List[Optional[torch.Tensor]],
-                  n_examples: int) -> None:
-        """Plain SGD on the batch-mean loss for the unmanaged parameters, then their layer's
+                  penalty_grads: Dict[int, torch.Tensor], n_examples: int) -> None:
+        """Plain SGD on (batch-mean loss + R) for the unmanaged parameters, then their layer's
         constraints (masked weights back to 0, Dale projection)."""
         for p, g in zip(params, grads):
-            if g is None:
+            r = penalty_grads.get(id(p))
+            if g is None and r is None:
                 continue
-            p.add_(g, alpha=-self._index.info[id(p)].group["lr"] / n_examples)
-            if self.keep_grad:
-                p.grad = g / n_examples
+            lr = self._index.info[id(p)].group["lr"]
+            if r is None:
+                p.add_(g, alpha=-lr / n_examples)
+                if self.keep_grad:
+                    p.grad = g / n_examples
+            else:
+                step = r if g is None else g / n_examples + r
+                p.add_(step, alpha=-lr)
+                if self.keep_grad:
+                    p.grad = step
             wrapper = self._index.info[id(p)].wrapper
             if wrapper is not None:
                 wrapper.enforce_constraints()
 
-    def _record_gradients(self, mean_grads: Dict[int, torch.Tensor], n_examples: int) -> None:
-        """``keep_grad``: p.grad = gradient of the batch-mean loss; ``score_momentum``: the
-        pruning score v <- m v + (1 - m) g s."""
+    def _record_gradients(self, mean_grads: Dict[int, torch.Tensor],
+                          penalty_grads: Dict[int, torch.Tensor], n_examples: int) -> None:
+        """``keep_grad``: p.grad = g, the gradient of (batch-mean loss + R); ``score_momentum``:
+        the pruning score v <- m v + (1 - m) g s."""
         for p in self.managed_params():
-            g = mean_grads.get(id(p))
-            if g is None:
+            g, r = mean_grads.get(id(p)), penalty_grads.get(id(p))
+            if g is None and r is None:
                 continue
-            g = g / n_examples
+            g = r if g is None else (g / n_examples if r is None else g / n_examples + r)
             if self.keep_grad:
                 p.grad = g
             if self.score_momentum is not None:

@@ -46,8 +46,9 @@ from sparse_nte.per_example.blocks import BLOCK_ELEMENTS, blocks
 from sparse_nte.per_example.capture import LayerCall, PerExampleCapture
 from sparse_nte.per_example.checks import (calls_account_for_uses, check_example_losses,
                                            check_examples_independent, check_layer_calls,
-                                           graph_parents)
-from sparse_nte.per_example.exact import bmm_exact, dense_log_likelihood, linear_exact
+                                           check_penalty, graph_parents)
+from sparse_nte.per_example.exact import (add_log_likelihood, bmm_exact, dense_log_likelihood,
+                                          linear_exact)
 from sparse_nte.per_example.generic import per_example_grads
 from sparse_nte.per_example.geometry import conv2d_padding, conv2d_supported, unfold_conv2d_input
 from sparse_nte.per_example.series import linear_series, row_bound, series_terms
@@ -59,6 +60,7 @@ __all__ = [
     "PerExampleCapture",
     "check_examples_independent",
     "check_example_losses",
+    "check_penalty",
     "check_layer_calls",
     "calls_account_for_uses",
     "graph_parents",
@@ -71,5 +73,6 @@ __all__ = [
     "linear_exact",
     "bmm_exact",
     "dense_log_likelihood",
+    "add_log_likelihood",
     "per_example_grads",
 ]

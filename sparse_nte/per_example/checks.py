@@ -6,7 +6,8 @@ The captured route (:mod:`sparse_nte.per_example.capture`) gives each example's 
 1. examples do not interact in the forward pass (:func:`check_examples_independent`: batch
    normalisation in training mode couples them);
 2. the closure returned one loss per example, with gradients, and did not run a backward pass
-   itself (:func:`check_example_losses`);
+   itself (:func:`check_example_losses`); a parameter penalty is a 0-dim function of the
+   parameters alone, not of the batch (:func:`check_penalty`);
 3. every call of the layer saw the examples along dim 0, the whole batch when the layer is
    called several times (:func:`check_layer_calls`);
 4. the parameters enter the loss ONLY through the captured calls of their layer — no weight
@@ -25,7 +26,7 @@ import torch.nn as nn
 from sparse_nte.per_example.capture import LayerCall
 
 __all__ = ["graph_parents", "check_examples_independent", "check_example_losses",
-           "check_layer_calls", "calls_account_for_uses"]
+           "check_penalty", "check_layer_calls", "calls_account_for_uses"]
 
 
 def graph_parents(root: Any, targets: Sequence[Any]) -> Tuple[dict, set]:
@@ -91,6 +92,37 @@ def check_example_losses(losses: Any, params: Sequence[torch.Tensor]) -> torch.T
         raise ValueError("NTE.step: some per-example losses are not finite (NaN or inf); the "
                          "update would be undefined")
     return losses
+
+
+def check_penalty(value: Any, params: Sequence[torch.Tensor],
+                  batch_nodes: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The value R of a parameter penalty, or ValueError: not a 0-dim tensor, no gradient (it
+    does not depend on the parameters), not finite, ``backward()`` already called, or it
+    depends on the batch (its graph reaches one of ``batch_nodes``, leaves created in the
+    forward pass: per-example terms belong in the closure's losses)."""
+    if not isinstance(value, torch.Tensor) or value.dim() != 0:
+        got = (f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor)
+               else type(value).__name__)
+        raise ValueError(f"NTE.step: penalty() must return a 0-dim tensor R(theta) (or None), "
+                         f"got {got}")
+    if any(p.grad is not None for p in params):
+        raise ValueError("NTE.step: penalty() must not call backward(); return R(theta) and "
+                         "step() takes its gradient")
+    if not value.requires_grad:
+        raise ValueError("NTE.step: the penalty does not require grad: it does not depend on any "
+                         "trained parameter (computed under torch.no_grad, or from detached "
+                         "tensors?)")
+    if not bool(torch.isfinite(value.detach())):
+        raise ValueError(f"NTE.step: the penalty is not finite ({float(value.detach())}); the "
+                         f"update would be undefined")
+    if batch_nodes:
+        nodes = [torch.autograd.graph.get_gradient_edge(t).node for t in batch_nodes]
+        counts, _ = graph_parents(value.grad_fn, nodes)
+        if any(counts.values()):
+            raise ValueError("NTE.step: the penalty depends on the batch (it uses outputs of the "
+                             "forward pass); it must be a function R(theta) of the parameters "
+                             "alone. Per-example terms belong in the closure's losses")
+    return value
 
 
 def check_layer_calls(name: str, calls: Sequence[LayerCall], n_examples: int) -> None:

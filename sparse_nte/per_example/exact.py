@@ -11,6 +11,8 @@
   unfolded input, linear layers on ``(n, ..., in)`` inputs, layers called several times):
   ``g_b = D_b^T A_b`` with ``bmm``, in chunks of examples and output rows.
 * :func:`dense_log_likelihood`: from explicit per-example gradients.
+* :func:`add_log_likelihood`: (1) for a single observation (one gradient the shape of the
+  parameter), in place and block by block.
 
 Guard: the linearised likelihood ``1 - beta s g`` is <= 0 when ``beta s g >= 1`` (the reference
 implementation then produces NaN). It is clamped to ``floor`` (> 0) and the number of clamped
@@ -23,9 +25,10 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
+from sparse_nte.per_example.blocks import blocks
 from sparse_nte.per_example.series import row_bound
 
-__all__ = ["linear_exact", "bmm_exact", "dense_log_likelihood"]
+__all__ = ["linear_exact", "bmm_exact", "dense_log_likelihood", "add_log_likelihood"]
 
 # log of the largest/smallest factor product kept in float64 (|log| < 709 is representable).
 _LOG_RANGE = 600.0
@@ -178,3 +181,20 @@ def dense_log_likelihood(g: torch.Tensor, sign: torch.Tensor, beta: float,
         u.clamp_(min=floor)
     return u.log_().sum(dim=0), clamped
 
+
+def add_log_likelihood(out: torch.Tensor, g: torch.Tensor, sign: torch.Tensor, beta: float,
+                       floor: float, alpha: float = 1.0) -> int:
+    """Equation (1) for ONE observation whose gradient ``g`` has the shape of ``out``: adds
+    ``alpha * log(max(1 - beta s g, floor))`` to ``out`` in place, block by block (the
+    likelihoods in float64, one block at a time), and returns the number of clamped entries.
+    ``out`` and ``sign`` must be contiguous."""
+    clamped = 0
+    for o_blk, g_blk, s_blk in zip(blocks(out), blocks(g.contiguous()), blocks(sign)):
+        u = g_blk.to(torch.float64, copy=True).mul_(-beta)
+        u.mul_(s_blk.to(torch.float64)).add_(1.0)
+        low = int((u < floor).sum())
+        if low:
+            u.clamp_(min=floor)
+            clamped += low
+        o_blk.add_(u.log_(), alpha=alpha)
+    return clamped
