@@ -56,7 +56,8 @@ class EWC:
         g = torch.Generator().manual_seed(seed)
         self.params = params
         self.lam = lam
-        self.fisher = {k: torch.rand(p.shape, generator=g, dtype=p.dtype) for k, p in params.items()}
+        self.fisher = {k: torch.rand(p.shape, generator=g, dtype=p.dtype)
+                       for k, p in params.items()}
         self.star = {k: p.detach() + 0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype)
                      for k, p in params.items()}
 

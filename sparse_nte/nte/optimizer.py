@@ -24,6 +24,7 @@ from sparse_nte.per_example import (PerExampleCapture, check_example_losses,
 
 __all__ = ["NTE"]
 
+
 class NTE(Optimizer):
     """The Neural Tangent Ensemble rule (see :mod:`sparse_nte.nte` for the equations and the
     differences from the reference implementation).
@@ -96,14 +97,17 @@ class NTE(Optimizer):
     # -- numerics, as attributes of the optimizer ---------------------------------------------
     @property
     def fast_tol(self) -> float:
+        """Largest truncation error of the series on a log-magnitude step."""
         return self.numerics.fast_tol
 
     @property
     def min_likelihood(self) -> float:
+        """The guard: smallest likelihood of one example under one expert."""
         return self.numerics.min_likelihood
 
     @property
     def chunk_elements(self) -> int:
+        """Size of the temporary blocks of the exact per-example computation."""
         return self.numerics.chunk_elements
 
     # -- param groups ------------------------------------------------------------------------
