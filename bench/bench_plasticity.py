@@ -55,10 +55,10 @@ class TimedGrowth(TaskwiseGrowth):
 
 
 def make(args, plasticity: str, dale: bool, optimizer: str, **extra):
-    cfg = dict(config_from_dict({
+    cfg = config_from_dict({
         "hidden_units": args.hidden, "hidden_layers": args.layers, "sparsify": True,
         "weight_sparsity_fc": args.density, "dale": dale, "optimizer": optimizer,
-        "plasticity": plasticity, "mb_size": args.batch, "num_batch": 2, "seed": 0, **extra}))
+        "plasticity": plasticity, "mb_size": args.batch, "num_batch": 2, "seed": 0, **extra})
     scenario = SimpleNamespace(input_shape=(1, 28, 28), num_heads=1, head_size=10,
                                tasks=(None, None), head_of=lambda t: 0)
     model = build_model(cfg, scenario)
@@ -67,7 +67,7 @@ def make(args, plasticity: str, dale: bool, optimizer: str, **extra):
     elif optimizer == "adam":
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     else:
-        opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=0.9)
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9)
     return cfg, model, opt
 
 
@@ -85,9 +85,9 @@ def measure(args, plasticity: str, dale: bool, optimizer: str, **extra) -> dict:
     cfg, model, opt = make(args, plasticity, dale, optimizer, num_batch=max(2, num_tasks), **extra)
     if grow:
         sched = TimedGrowth(
-            plastic_layers(model), opt, start_density=cfg["grow_start_density"],
-            end_density=cfg["grow_end_density"], old_lr=cfg["grow_old_lr"],
-            steps_per_task=steps, num_tasks=num_tasks, init_scale=cfg["grow_init_scale"])
+            plastic_layers(model), opt, start_density=cfg.grow_start_density,
+            end_density=cfg.grow_end_density, old_lr=cfg.grow_old_lr,
+            steps_per_task=steps, num_tasks=num_tasks, init_scale=cfg.grow_init_scale)
     else:
         sched = build_schedule(cfg, model, opt, steps, num_tasks)
     g = torch.Generator().manual_seed(0)

@@ -13,7 +13,8 @@ the :class:`~sparse_nte.layers.SparseWeightsBase` layers whose weight the
   ``cutoff_method="gaussian"``): the score of an expert is an exponential moving average of
   ``grad * sign`` (momentum 0.99, kept by the optimizer when built with ``score_momentum``)::
 
-      v_i <- m v_i + (1 - m) g_i s_i            g = gradient of the batch-mean loss
+      v_i <- m v_i + (1 - m) g_i s_i            g = gradient of the batch-mean loss (plus
+                                                the penalty R of NTE.step, if any)
 
   A positive score means the data keep pushing the expert's magnitude down. The experts with
   ``v_i >= mean(v) + z * std(v)`` over the live experts of the layer are removed; z = 2.33 is
@@ -34,17 +35,18 @@ import torch
 import torch.nn as nn
 
 from sparse_nte.layers import SparseWeightsBase
-from sparse_nte.nte import NTE
+from sparse_nte.nte.protocol import ExpertEnsemble, is_expert_ensemble
+from sparse_nte.nte.state import LOG_MAGNITUDE, PRUNE_SCORE
 
 __all__ = ["PRUNE_RULES", "prunable_layers", "prune_mask", "nte_prune"]
 
 PRUNE_RULES = ("magnitude", "score")
 
 
-def _check(optimizer: NTE, rule: str, rate: float, z: float) -> None:
-    if not isinstance(optimizer, NTE):
-        raise ValueError(f"NTE pruning needs the NTE optimizer (it reads the experts' "
-                         f"log-magnitudes), got {type(optimizer).__name__}")
+def _check(optimizer: ExpertEnsemble, rule: str, rate: float, z: float) -> None:
+    if not is_expert_ensemble(optimizer):
+        raise ValueError(f"NTE pruning needs the NTE optimizer (an expert ensemble: it reads the "
+                         f"experts' log-magnitudes), got {type(optimizer).__name__}")
     if rule not in PRUNE_RULES:
         raise ValueError(f"nte_prune_rule must be one of {PRUNE_RULES}, got {rule!r}")
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
@@ -57,7 +59,7 @@ def _check(optimizer: NTE, rule: str, rate: float, z: float) -> None:
                          "plasticity=nte_prune and nte_prune_rule=score)")
 
 
-def prunable_layers(model: nn.Module, optimizer: NTE) -> List[Tuple[str, SparseWeightsBase]]:
+def prunable_layers(model: nn.Module, optimizer: ExpertEnsemble) -> List[Tuple[str, SparseWeightsBase]]:
     """(name, layer) of the sparse-weights layers of ``model`` whose weight ``optimizer`` manages
     (plain ``nn.Linear`` layers have no mask to prune)."""
     managed = {id(p) for p in optimizer.managed_params()}
@@ -65,7 +67,7 @@ def prunable_layers(model: nn.Module, optimizer: NTE) -> List[Tuple[str, SparseW
             if isinstance(m, SparseWeightsBase) and id(m.weight) in managed]
 
 
-def prune_mask(layer: SparseWeightsBase, optimizer: NTE, rule: str = "magnitude",
+def prune_mask(layer: SparseWeightsBase, optimizer: ExpertEnsemble, rule: str = "magnitude",
                rate: float = 0.01, z: float = 2.33) -> torch.Tensor:
     """Bool mask of the live weights of ``layer`` that ``rule`` removes now (not applied).
 
@@ -75,7 +77,7 @@ def prune_mask(layer: SparseWeightsBase, optimizer: NTE, rule: str = "magnitude"
     """
     _check(optimizer, rule, rate, z)
     st = optimizer.state.get(layer.weight)
-    if not st or "log_magnitude" not in st:
+    if not st or LOG_MAGNITUDE not in st:
         raise ValueError("prune_mask: the layer's weight is not managed by this NTE optimizer")
     live = ~layer.zero_mask
     n_live = int(live.sum())
@@ -84,13 +86,13 @@ def prune_mask(layer: SparseWeightsBase, optimizer: NTE, rule: str = "magnitude"
         k = int(round(rate * n_live))
         if k == 0:
             return prune
-        key = st["log_magnitude"].masked_fill(~live, math.inf).flatten()
+        key = st[LOG_MAGNITUDE].masked_fill(~live, math.inf).flatten()
         idx = torch.topk(key, k, largest=False, sorted=False).indices
         prune.view(-1)[idx] = True
         return prune
     if n_live < 2:
         return prune
-    score = st["prune_score"]
+    score = st[PRUNE_SCORE]
     values = score[live].double()
     std = float(values.std())
     if not std > 0:
@@ -99,7 +101,7 @@ def prune_mask(layer: SparseWeightsBase, optimizer: NTE, rule: str = "magnitude"
     return live & (score.double() >= cutoff)
 
 
-def nte_prune(model: nn.Module, optimizer: NTE, rule: str = "magnitude", rate: float = 0.01,
+def nte_prune(model: nn.Module, optimizer: ExpertEnsemble, rule: str = "magnitude", rate: float = 0.01,
               z: float = 2.33) -> Dict[str, int]:
     """One pruning event: for every prunable layer, compute :func:`prune_mask`, add it to the
     layer's mask (``set_zero_mask``: the weights become exactly 0) and remove the experts from

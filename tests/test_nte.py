@@ -8,7 +8,9 @@ computed from torch.func per-example gradients::
     l_i <- min(l_i, log max_delta);   w_i = theta0_i + s_i exp(l_i)
 """
 import copy
+import inspect
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -18,8 +20,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.func import grad, vmap
 
+from sparse_nte.config import SCHEMA, config_from_dict
 from sparse_nte.layers import KWinners, SparseWeights, SparseWeights2d
-from sparse_nte.nte import NTE, build_nte_optimizer
+from sparse_nte.nte import (DEFAULTS, LOG_MAGNITUDE, NTE, SIGN, NTESpec, build_nte_optimizer,
+                            is_expert_ensemble)
 from sparse_nte.optim_state import reset_positions
 from sparse_nte.per_example import linear_exact, linear_series, row_bound, series_terms
 
@@ -373,10 +377,53 @@ def two_heads_forward(p, x, t):
     return outs[torch.arange(x.shape[0]), t]
 
 
-@pytest.mark.parametrize("subset", [False, True])
-def test_unused_head_does_not_change_and_total_is_kept(subset):
+@pytest.mark.parametrize("fast", ["off", "on"])
+def test_layer_with_an_all_zero_input_takes_part_as_in_the_reference(fast):
+    """Every example's input is 0: the first weight's per-example gradients are all zero, its
+    bias's are not. As in the reference every tensor is updated (a zero term for the weight),
+    renormalised and clipped; keep_grad leaves the (zero) gradient in .grad."""
+    model = make_mlp([6, 9, 3], 0.0, False, seed=4)
+    opt = NTE(model.parameters(), model, beta=0.1, max_delta=0.3, fast=fast, keep_grad=True)
+    params = mlp_params(model)
+    x = torch.zeros(7, 6)
+    y = torch.randint(0, 3, (7,))
+    grads = func_grads(lambda p, xb: mlp_forward(p, xb, 2), params, x, y)
+    assert float(grads["w0"].abs().max()) == 0.0 and float(grads["b0"].abs().max()) > 0.0
+    expected = transcription(opt, params, grads)
+    opt.step(ce_closure(model, x, y))
+    assert max_err(params, expected) < 1e-6
+    assert set(opt.last_step["updated"]) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+    assert torch.equal(params["w0"].grad, torch.zeros_like(params["w0"]))
+    assert torch.allclose(params["b0"].grad.double(), grads["b0"].mean(0), atol=1e-7)
+
+
+def test_all_hidden_units_dead_still_renormalise_and_clip_as_in_the_reference():
+    """Every hidden ReLU is dead for the whole batch: only the output bias has non-zero
+    per-example gradients. The reference still renormalises and clips every tensor, so an
+    output bias of -20 (magnitude above max_delta) is clipped to -max_delta."""
+    model = make_mlp([4, 5, 3], 0.0, False, seed=5)
+    with torch.no_grad():
+        model[0].bias.fill_(-50.0)     # pre-activations < 0 for every example below
+        model[2].bias[1] = -20.0
+    opt = NTE(model.parameters(), model, beta=0.05, max_delta=0.1)
+    params = mlp_params(model)
+    x = torch.rand(8, 4)
+    y = torch.randint(0, 3, (8,))
+    grads = func_grads(lambda p, xb: mlp_forward(p, xb, 2), params, x, y)
+    assert all(float(grads[k].abs().max()) == 0.0 for k in ("w0", "b0", "w1"))
+    expected = transcription(opt, params, grads)
+    opt.step(ce_closure(model, x, y))
+    assert max_err(params, expected) < 1e-6
+    assert float(model[2].bias.detach()[1]) == pytest.approx(-0.1, rel=1e-6)
+    assert float(model[0].bias.detach().abs().max()) == pytest.approx(0.1, rel=1e-6)
+    assert len(opt.last_step["updated"]) == 4
+
+
+def test_head_that_did_not_run_does_not_change_and_total_is_kept():
+    """The documented exception to the reference: a head no example was routed to (its layer
+    did not run) is left out of the step; the others are renormalised to Z minus its mass."""
     torch.manual_seed(0)
-    model = TwoHeads(subset)
+    model = TwoHeads(subset=True)
     opt = NTE(model.parameters(), model, beta=0.1, max_delta=10.0)  # no clipping: exact total
     head1 = [p.detach().clone() for p in model.heads[1].parameters()]
     x = torch.randn(9, 5)
@@ -389,6 +436,33 @@ def test_unused_head_does_not_change_and_total_is_kept(subset):
     total = sum(float(opt.state[p]["log_magnitude"].double().exp().sum())
                 for p in opt.managed_params())
     assert total == pytest.approx(math.exp(opt.log_total), rel=1e-6)
+
+
+def test_head_that_ran_without_gradient_is_renormalised_as_in_the_reference():
+    """Every head runs on the whole batch and the outputs are gathered: head 1 ran but no
+    example's loss depends on it (zero per-example gradients). As in the reference it takes part
+    in the renormalisation and the clip, with a zero likelihood term."""
+    torch.manual_seed(0)
+    model = TwoHeads(subset=False)
+    opt = NTE(model.parameters(), model, beta=0.1, max_delta=0.3)
+    params = dict(model.named_parameters())
+    x = torch.randn(9, 5)
+    t = torch.zeros(9, dtype=torch.long)
+    y = torch.randint(0, 3, (9,))
+    detached = {k: v.detach() for k, v in params.items()}
+
+    def loss(p, xb, tb, yb):
+        return F.cross_entropy(two_heads_forward(p, xb[None], tb[None]), yb[None])
+
+    for _ in range(2):
+        g = vmap(grad(loss), in_dims=(None, 0, 0, 0))(detached, x, t, y)
+        assert float(g["heads.1.weight"].abs().max()) == 0.0
+        expected = transcription(opt, params, {k: v.double() for k, v in g.items()})
+        head1 = model.heads[1].weight.detach().clone()
+        opt.step(lambda: F.cross_entropy(model(x, t), y, reduction="none"))
+        assert max_err(params, expected) < 1e-6
+        assert not torch.equal(head1, model.heads[1].weight)
+        assert "heads.1.weight" in opt.last_step["updated"]
 
 
 @pytest.mark.parametrize("subset", [False, True])
@@ -742,10 +816,11 @@ def test_layer_called_on_different_subsets_twice_is_rejected():
 
 def test_build_from_config():
     model = make_mlp([6, 8, 3], 0.5, False, seed=0)
-    cfg = {"optimizer": "nte", "nte_beta": 0.02, "nte_eta": 0.5, "nte_max_delta": 0.2,
-           "nte_expand": "init", "nte_noise_scale": 1e-4, "nte_params": "weights",
-           "nte_fast": "off", "lr": 0.05, "seed": 1, "plasticity": "nte_prune",
-           "nte_prune_rule": "score", "nte_prune_momentum": 0.9}
+    cfg = config_from_dict({
+        "optimizer": "nte", "nte_beta": 0.02, "nte_eta": 0.5, "nte_max_delta": 0.2,
+        "nte_expand": "init", "nte_noise_scale": 1e-4, "nte_params": "weights",
+        "nte_fast": "off", "lr": 0.05, "seed": 1, "plasticity": "nte_prune",
+        "nte_prune_rule": "score", "nte_prune_momentum": 0.9, "weight_sparsity_fc": 0.5})
     opt = build_nte_optimizer(model, cfg)
     managed, other = opt.param_groups
     assert managed["managed"] and not other["managed"]
@@ -753,14 +828,46 @@ def test_build_from_config():
     assert other["lr"] == 0.05 and managed["beta"] == 0.02 and managed["eta"] == 0.5
     assert managed["max_delta"] == 0.2 and managed["fast"] == "off"
     assert opt.expand == "init" and opt.noise_scale == 1e-4 and opt.score_momentum == 0.9
-    opt_all = build_nte_optimizer(model, {"nte_params": "all"})
+    opt_all = build_nte_optimizer(model, config_from_dict({"optimizer": "nte",
+                                                           "nte_params": "all"}))
     assert len(opt_all.param_groups) == 1 and opt_all.param_groups[0]["beta"] == 0.01
+    assert opt_all.score_momentum is None   # no schedule prunes by the score
+    spec = NTESpec.from_config(cfg)
+    from_spec = build_nte_optimizer(make_mlp([6, 8, 3], 0.5, False, seed=0), spec)
+    for a, b in zip(opt.param_groups, from_spec.param_groups):
+        assert {k: v for k, v in a.items() if k != "params"} == \
+            {k: v for k, v in b.items() if k != "params"}
+    assert (from_spec.expand, from_spec.noise_scale, from_spec.score_momentum, from_spec.seed) \
+        == ("init", 1e-4, 0.9, 1)
     with pytest.raises(ValueError, match="nte_fast"):
-        build_nte_optimizer(model, {"nte_fast": "maybe", "lr": 0.1})
+        config_from_dict({"optimizer": "nte", "nte_fast": "maybe"})
     with pytest.raises(ValueError, match="'lr'"):
-        build_nte_optimizer(model, {"nte_params": "weights"})
+        build_nte_optimizer(model, replace(spec, lr=0.0))
     with pytest.raises(ValueError, match="optimizer"):
-        build_nte_optimizer(model, {"optimizer": "sgd"})
+        build_nte_optimizer(model, config_from_dict({"optimizer": "sgd"}))
+    with pytest.raises(TypeError, match="config_from_dict"):
+        build_nte_optimizer(model, {"optimizer": "nte"})   # plain mappings are not validated
+
+
+def test_schema_defaults_are_the_optimizers_own():
+    """The nte_* keys of the config schema default to the NTE constructor's defaults."""
+    signature = inspect.signature(NTE.__init__).parameters
+    for name in ("beta", "eta", "max_delta", "expand", "noise_scale", "fast"):
+        assert DEFAULTS[name] == signature[name].default
+        assert SCHEMA[f"nte_{name}"].default == DEFAULTS[name]
+    assert SCHEMA["nte_params"].default == DEFAULTS["params"] == "weights"
+
+
+def test_expert_ensemble_protocol():
+    model = make_mlp([5, 8, 3], 0.3, False, seed=0)
+    ws = [lin.weight for lin in linears(model)]
+    bs = [lin.bias for lin in linears(model)]
+    opt = NTE([{"params": ws}, {"params": bs, "managed": False, "lr": 0.1}], model)
+    assert is_expert_ensemble(opt) and opt.takes_example_losses
+    assert not is_expert_ensemble(torch.optim.SGD(model.parameters(), lr=0.1))
+    assert all(opt.multiplicative(w) for w in ws)
+    assert not any(opt.multiplicative(b) for b in bs)
+    assert set(opt.state[ws[0]]) == {LOG_MAGNITUDE, SIGN}
 
 
 def test_dale_sign_change_needs_resync():

@@ -2,6 +2,7 @@
 connections, and the schedule formulas of the papers they come from."""
 import copy
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -10,17 +11,17 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sparse_nte.config import config_from_dict
 from sparse_nte.layers import SparseWeights, SparseWeights2d
-from sparse_nte.nte import NTE, build_nte_optimizer
+from sparse_nte.nte import build_nte_optimizer
 from sparse_nte.plasticity import (
     SET,
     GradualMagnitudePruning,
+    PlasticitySpec,
     RigL,
     DenseGradient,
     StaticConnectivity,
     TaskwiseGrowth,
-    _random_per_row,
-    _top_k,
     apply_erk,
     build_schedule,
     erk_densities,
@@ -30,6 +31,7 @@ from sparse_nte.plasticity import (
     plastic_layers,
     rigl_drop_fraction,
 )
+from sparse_nte.plasticity.ranking import random_per_row, top_k_per_row
 
 FAST = settings(max_examples=30, deadline=None)
 
@@ -111,7 +113,8 @@ def violations(model):
 
 def nte(model):
     """The NTE optimizer managing the weights (biases: SGD), as build_nte_optimizer does."""
-    return build_nte_optimizer(model, {"optimizer": "nte", "nte_beta": 0.05, "lr": 0.05})
+    return build_nte_optimizer(model, config_from_dict({"optimizer": "nte", "nte_beta": 0.05,
+                                                        "lr": 0.05}))
 
 
 def run(schedule, model, opt, steps, step0=0, n_in=12, check=None, gen_seed=0):
@@ -121,7 +124,7 @@ def run(schedule, model, opt, steps, step0=0, n_in=12, check=None, gen_seed=0):
     for step in range(step0, step0 + steps):
         x = torch.randn(8, n_in, generator=g)
         y = torch.randint(0, 3, (8,), generator=g)
-        if isinstance(opt, NTE):
+        if getattr(opt, "takes_example_losses", False):
             schedule.after_backward(step)
             opt.step(lambda: F.cross_entropy(model(x), y, reduction="none"))
         else:
@@ -136,13 +139,17 @@ def run(schedule, model, opt, steps, step0=0, n_in=12, check=None, gen_seed=0):
 
 
 def config(**kw):
+    """A validated Config (the models of these tests are built by hand: weight_sparsity_fc only
+    makes the sparse schedules consistent in the config's eyes)."""
     base = dict(plasticity="none", plasticity_interval=100, plasticity_end=0.75, set_zeta=0.3,
                 rigl_alpha=0.3, erk=False, gmp_final_sparsity=0.9, gmp_start=0, gmp_n=10,
                 grow_start_density=0.1, grow_end_density=0.5, grow_old_lr=1.0,
                 grow_init_scale=1e-3, nte_prune_rule="magnitude", nte_prune_rate=0.01,
-                nte_prune_momentum=0.99, nte_prune_z=2.33, seed=0)
+                nte_prune_momentum=0.99, nte_prune_z=2.33, seed=0, num_batch=2)
     base.update(kw)
-    return base
+    if base["plasticity"] != "grow":
+        base.setdefault("weight_sparsity_fc", 0.99)
+    return config_from_dict(base)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,7 +203,7 @@ def test_top_k_picks_exactly_k_of_the_best_eligible(n_rows, n_cols, seed):
     scores = torch.randint(0, 4, (n_rows, n_cols), generator=g).float()   # many ties
     eligible = torch.rand(n_rows, n_cols, generator=g) < 0.7
     k = (torch.rand(n_rows, generator=g) * (eligible.sum(1) + 1)).long().clamp(max=eligible.sum(1))
-    sel = _top_k(scores.masked_fill(~eligible, -math.inf), k, g)
+    sel = top_k_per_row(scores.masked_fill(~eligible, -math.inf), k, g)
     assert not bool((sel & ~eligible).any())
     assert torch.equal(sel.sum(1), k)
     for r in range(n_rows):
@@ -210,7 +217,7 @@ def test_random_per_row_picks_exactly_k_eligible(n_rows, n_cols, p, seed):
     g = torch.Generator().manual_seed(seed)
     eligible = torch.rand(n_rows, n_cols, generator=g) < p
     k = (torch.rand(n_rows, generator=g) * (eligible.sum(1) + 1)).long().clamp(max=eligible.sum(1))
-    sel = _random_per_row(eligible, k, g)
+    sel = random_per_row(eligible, k, g)
     assert not bool((sel & ~eligible).any())
     assert torch.equal(sel.sum(1), k)
 
@@ -223,7 +230,7 @@ def test_random_per_row_is_uniform_over_subsets(n_cols):
     pairs = {}
     trials = 2400
     for _ in range(trials):
-        chosen = tuple(torch.nonzero(_random_per_row(eligible, torch.tensor([2]), g)[0]).flatten().tolist())
+        chosen = tuple(torch.nonzero(random_per_row(eligible, torch.tensor([2]), g)[0]).flatten().tolist())
         pairs[chosen] = pairs.get(chosen, 0) + 1
     assert set(pairs) == {(0, 2), (0, 3), (0, 5), (2, 3), (2, 5), (3, 5)}
     for count in pairs.values():   # each of the 6 subsets with probability 1/6 (sd 0.0076)
@@ -702,17 +709,21 @@ def test_build_schedule_from_config_and_its_errors():
                                      model, opt, 100, 2), TaskwiseGrowth)
     gmp = build_schedule(config(plasticity="gmp", gmp_n=3, plasticity_interval=10), model, opt, 100, 2)
     assert isinstance(gmp, GradualMagnitudePruning)
+    set_spec = PlasticitySpec.from_config(config(plasticity="set"))
     with pytest.raises(ValueError, match="plasticity"):
-        build_schedule(config(plasticity="magic"), model, opt, 100, 2)
-    with pytest.raises(ValueError, match="set_zeta"):
+        build_schedule(replace(set_spec, kind="magic"), model, opt, 100, 2)
+    with pytest.raises(TypeError, match="config_from_dict"):   # plain mappings are not validated
         build_schedule({"plasticity": "set", "grow_init_scale": 1e-3}, model, opt, 100, 2)
+    spec = PlasticitySpec.from_config(config(plasticity="set", set_zeta=0.2))
+    assert isinstance(build_schedule(spec, model, opt, 100, 2), SET)
+    assert (spec.kind, spec.set_zeta, spec.interval, spec.end_fraction) == ("set", 0.2, 100, 0.75)
     with pytest.raises(ValueError, match="beyond"):
         build_schedule(config(plasticity="gmp", gmp_n=10, plasticity_interval=100), model, opt, 100, 2)
     with pytest.raises(ValueError, match="initial sparsity"):
         build_schedule(config(plasticity="gmp", gmp_final_sparsity=0.5, gmp_n=2), model, opt, 500, 2)
-    with pytest.raises(ValueError, match="grow_end_density"):
-        build_schedule(config(plasticity="grow", grow_start_density=0.5, grow_end_density=0.2),
-                       model, opt, 100, 2)
+    with pytest.raises(ValueError, match="grow_end_density"):   # the schedule's own check
+        build_schedule(replace(set_spec, kind="grow", grow_start_density=0.5,
+                               grow_end_density=0.2), model, opt, 100, 2)
     with pytest.raises(ValueError, match="not trained"):
         build_schedule(config(plasticity="set"), model, torch.optim.SGD([nn.Parameter(torch.ones(1))],
                                                                         lr=0.1), 100, 2)
@@ -821,13 +832,12 @@ def test_sparse_dale_nte_rigl_trains_hundreds_of_steps_without_a_violation():
     from types import SimpleNamespace
 
     from models import build_model
-    from sparse_nte.config import config_from_dict
 
-    cfg = dict(config_from_dict({
+    cfg = config_from_dict({
         "dale": True, "optimizer": "nte", "nte_beta": 0.05, "plasticity": "rigl",
         "plasticity_interval": 25, "rigl_alpha": 0.4, "weight_sparsity_fc": 0.2,
         "hidden_units": 32, "hidden_layers": 2, "sparsify": True, "percent_on_fc": 0.25,
-        "grow_init_scale": 1e-3, "num_batch": 2, "seed": 3}))
+        "grow_init_scale": 1e-3, "num_batch": 2, "seed": 3})
     scenario = SimpleNamespace(input_shape=(1, 6, 6), num_heads=1, head_size=4,
                                tasks=(None, None), head_of=lambda t: 0)
     model = build_model(cfg, scenario)
@@ -887,9 +897,9 @@ def test_nte_prune_removes_what_the_posterior_rule_selects(rule):
 
     model = mlp(dale=True, density=0.5)
     cfg = config(plasticity="nte_prune", nte_prune_rule=rule, nte_prune_rate=0.1,
-                 nte_prune_z=1.0, plasticity_interval=4, plasticity_end=0.75)
-    opt = build_nte_optimizer(model, {"optimizer": "nte", "nte_beta": 0.05, "lr": 0.05, **{
-        k: cfg[k] for k in ("plasticity", "nte_prune_rule", "nte_prune_momentum")}})
+                 nte_prune_z=1.0, plasticity_interval=4, plasticity_end=0.75, optimizer="nte",
+                 nte_beta=0.05, lr=0.05)
+    opt = build_nte_optimizer(model, cfg)
     sched = build_schedule(cfg, model, opt, 40, 1)
     layers = plastic_layers(model)
     log_total = opt.log_total
@@ -923,11 +933,11 @@ def test_nte_prune_removes_what_the_posterior_rule_selects(rule):
 def test_nte_prune_needs_the_nte_optimizer_and_its_score():
     model = mlp()
     with pytest.raises(ValueError, match="optimizer = nte"):
-        build_schedule(config(plasticity="nte_prune"), model,
+        build_schedule(config(plasticity="nte_prune", optimizer="nte"), model,
                        torch.optim.SGD(model.parameters(), lr=0.1), 100, 1)
     with pytest.raises(ValueError, match="score_momentum"):
-        build_schedule(config(plasticity="nte_prune", nte_prune_rule="score"), model, nte(model),
-                       100, 1)
+        build_schedule(config(plasticity="nte_prune", nte_prune_rule="score", optimizer="nte"),
+                       model, nte(model), 100, 1)
 
 
 def test_rigl_resumed_mid_task_matches_an_uninterrupted_run():
@@ -955,8 +965,8 @@ def test_rigl_resumed_mid_task_matches_an_uninterrupted_run():
 def test_grow_old_lr_scales_the_nte_log_magnitude_step(expand):
     def make(old_lr):
         model = mlp(dale=True, density=0.3)
-        opt = build_nte_optimizer(model, {"optimizer": "nte", "nte_beta": 0.05, "lr": 0.05,
-                                          "nte_expand": expand})
+        opt = build_nte_optimizer(model, config_from_dict({"optimizer": "nte", "nte_beta": 0.05,
+                                                           "lr": 0.05, "nte_expand": expand}))
         sched = TaskwiseGrowth(plastic_layers(model), opt, start_density=0.3, end_density=0.6,
                                old_lr=old_lr, steps_per_task=3, num_tasks=2)
         sched.on_task_start(0)

@@ -1,4 +1,8 @@
-"""NTE keys: the Neural Tangent Ensemble optimizer (Benjamin, Pehle & Daruwalla, NeurIPS 2024)."""
+"""NTE keys: the Neural Tangent Ensemble optimizer (Benjamin, Pehle & Daruwalla, NeurIPS 2024).
+
+The defaults are the optimizer's own (:data:`sparse_nte.nte.DEFAULTS`, from the constructor of
+:class:`sparse_nte.nte.NTE`), the choices its registries; neither is written here.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from sparse_nte.config.fields import key
 
-from sparse_nte.nte import EXPANSIONS, FAST_MODES, NTE_PARAMS
+from sparse_nte.nte import DEFAULTS, EXPANSIONS, FAST_MODES, NTE_PARAMS
 
 TITLE = "NTE optimizer"
 
@@ -14,29 +18,29 @@ TITLE = "NTE optimizer"
 @dataclass(frozen=True)
 class NTEKeys:
     nte_beta: float = key(
-        0.01, interval="(0, inf)",
+        DEFAULTS["beta"], interval="(0, inf)",
         doc="Inverse temperature beta of each expert's likelihood 1 - beta * sign(w) * dl_n/dw of "
             "example n.")
     nte_eta: float = key(
-        1.0, interval="(0, inf)",
+        DEFAULTS["eta"], interval="(0, inf)",
         doc="Exponent eta of the likelihood: log-weights change by eta * sum_n log(1 - beta * sign(w) * "
             "dl_n/dw); 1 = the Bayesian posterior.")
     nte_max_delta: float = key(
-        0.1, interval="(0, inf)",
+        DEFAULTS["max_delta"], interval="(0, inf)",
         doc="Largest magnitude an expert weight may reach after renormalisation.")
     nte_expand: str = key(
-        "origin", choices=EXPANSIONS,
+        DEFAULTS["expand"], choices=EXPANSIONS,
         doc="Ensemble weights are the weights (origin: expansion around 0, signs fixed) or their change "
             "from initialisation (init).")
     nte_noise_scale: float = key(
-        1e-3, interval="(0, inf)",
+        DEFAULTS["noise_scale"], interval="(0, inf)",
         doc="nte_expand = init: ensemble weights start at nte_noise_scale * N(0, 1).")
     nte_params: str = key(
-        "weights", choices=NTE_PARAMS,
+        DEFAULTS["params"], choices=NTE_PARAMS,
         doc="Parameters NTE manages: weights (of linear and conv layers; the others, e.g. biases, take "
             "plain SGD steps with lr) or all.")
     nte_fast: str = key(
-        "auto", choices=tuple(FAST_MODES),
+        DEFAULTS["fast"], choices=tuple(FAST_MODES),
         doc="Power-series fast path for the per-example likelihoods: auto, on, off.")
 
 
