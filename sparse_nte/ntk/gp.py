@@ -25,8 +25,9 @@ Solvers:
   preconditioned by the diagonal of Theta + sigma^2 I. Stops at relative residual ``cg_tol``
   (default 1e-5) or ``cg_max_iter`` iterations (default 1000); if the cap binds, a
   ``RuntimeWarning`` reports the true residual (finite_ntk's solver stopped silently).
-  Variances need one more CG solve per test output (N* C of them, each column a kernel-vector
-  product per iteration) and the cross kernel Theta(x*, X): ask for them only on small test sets.
+  Variances need one more CG solve per test output (N* C columns, batched with
+  ``torch.func.vmap`` into one kernel-matrix product per iteration) and the cross kernel
+  Theta(x*, X): ask for them only on small test sets.
 
 The posterior is fixed at construction: the network's parameters, buffers and masks are copied
 (:func:`~sparse_nte.ntk.params.snapshot`), so later training does not change the GP. Evaluated in
@@ -45,7 +46,7 @@ from sparse_nte.ntk.features import DEFAULT_BUDGET
 from sparse_nte.ntk.kernels import empirical_ntk, jacobian
 from sparse_nte.ntk.params import (NetworkFunction, ParameterPoint, check_inputs, chunks,
                                    slice_t, snapshot)
-from sparse_nte.ntk.products import jvp_at, ntk_product_at, vjp_sum
+from sparse_nte.ntk.products import jvp_at, ntk_matrix_product_at, vjp_sum
 
 __all__ = ["NTKGaussianProcess", "METHODS"]
 
@@ -161,9 +162,9 @@ class NTKGaussianProcess:
     def _kernel_matvec(self, v: torch.Tensor) -> torch.Tensor:
         """(Theta + sigma^2 I) V for V (N C, m), one NTK-vector product per column."""
         n, c = self.residual_targets.shape
-        cols = [ntk_product_at(self.fn, self.point, v[:, i].view(n, c), self.x, self.t,
-                               self._rows(n)).reshape(-1) for i in range(v.shape[1])]
-        return torch.stack(cols, dim=1) + self.noise * v
+        stack = v.T.reshape(v.shape[1], n, c)
+        out = ntk_matrix_product_at(self.fn, self.point, stack, self.x, self.t, self._rows(n))
+        return out.reshape(v.shape[1], n * c).T + self.noise * v
 
     def _solve(self, b: torch.Tensor, what: str) -> CGResult:
         diag = self._diagonal + self.noise

@@ -22,6 +22,7 @@ The model is evaluated in the mode the caller set (see :mod:`sparse_nte.ntk.para
 """
 from __future__ import annotations
 
+import warnings
 from typing import Mapping, Optional, Union
 
 import torch
@@ -68,10 +69,11 @@ def jvp_at(fn: NetworkFunction, point: Optional[ParameterPoint], tangent: Tensor
 
 
 def vjp_at(fn: NetworkFunction, point: Optional[ParameterPoint], cotangent: torch.Tensor,
-           x: torch.Tensor, t: Optional[torch.Tensor]) -> tuple[torch.Tensor, TensorDict]:
+           x: torch.Tensor, t: Optional[torch.Tensor],
+           what: str = "cotangent") -> tuple[torch.Tensor, TensorDict]:
     """(f(x), J(x)^T u) at ``point``, one reverse pass."""
     out, pullback = torch.func.vjp(_call(fn, point, x, t), _primals(fn, point))
-    _check_outputs(cotangent, x.shape[0], out.shape[1], "cotangent")
+    _check_outputs(cotangent, x.shape[0], out.shape[1], what)
     (grads,) = pullback(cotangent.to(out.dtype))
     return out, grads
 
@@ -107,11 +109,12 @@ def vector_jacobian_product(model: nn.Module, x: torch.Tensor, cotangent: torch.
 
 
 def vjp_sum(fn: NetworkFunction, point: Optional[ParameterPoint], cotangent: torch.Tensor,
-            x: torch.Tensor, t: Optional[torch.Tensor], rows) -> TensorDict:
+            x: torch.Tensor, t: Optional[torch.Tensor], rows, what: str = "cotangent"
+            ) -> TensorDict:
     """J(x)^T u summed over chunks of examples."""
     total: Optional[TensorDict] = None
     for r in rows:
-        _, grads = vjp_at(fn, point, cotangent[r], x[r], slice_t(t, r))
+        _, grads = vjp_at(fn, point, cotangent[r], x[r], slice_t(t, r), what)
         total = _accumulate(total, grads)
     return total
 
@@ -119,8 +122,25 @@ def vjp_sum(fn: NetworkFunction, point: Optional[ParameterPoint], cotangent: tor
 def ntk_product_at(fn: NetworkFunction, point: Optional[ParameterPoint], v: torch.Tensor,
                    x: torch.Tensor, t: Optional[torch.Tensor], rows) -> torch.Tensor:
     """Theta(x, x) v = J (J^T v) at ``point``, by chunks of examples."""
-    total = vjp_sum(fn, point, v, x, t, rows)
+    total = vjp_sum(fn, point, v, x, t, rows, "v")
     return torch.cat([jvp_at(fn, point, total, x[r], slice_t(t, r))[1] for r in rows])
+
+
+def ntk_matrix_product_at(fn: NetworkFunction, point: Optional[ParameterPoint], v: torch.Tensor,
+                          x: torch.Tensor, t: Optional[torch.Tensor], rows) -> torch.Tensor:
+    """Theta(x, x) V for a stack V (m, N, C) of output-space vectors: ``torch.func.vmap`` over
+    the columns (one batched reverse and forward-mode pass per chunk), falling back to one
+    product per column for models whose operations vmap cannot batch."""
+    def one(u: torch.Tensor) -> torch.Tensor:
+        return ntk_product_at(fn, point, u, x, t, rows)
+
+    try:
+        with warnings.catch_warnings():
+            # an unbatched fallback inside vmap is slower, not wrong
+            warnings.filterwarnings("ignore", message="There is a performance drop")
+            return torch.func.vmap(one)(v)
+    except RuntimeError:
+        return torch.stack([one(u) for u in v])
 
 
 def ntk_vector_product(model: nn.Module, x: torch.Tensor, v: torch.Tensor, *,
