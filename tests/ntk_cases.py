@@ -108,6 +108,7 @@ def reference_kernel(model, x1, t1, x2=None, t2=None) -> torch.Tensor:
 
 def assert_close(actual, expected, rtol=1e-8):
     """|actual - expected| <= rtol * max|expected| (elementwise, relative to the scale)."""
+    actual, expected = actual.detach(), expected.detach()
     scale = float(expected.abs().max())
     err = float((actual - expected).abs().max())
     assert err <= rtol * max(scale, 1e-300), f"max error {err:.3g} vs scale {scale:.3g}"

@@ -17,8 +17,8 @@ observation noise). The network itself is never changed.
 Solvers:
 
 * parameter space (``method="parameter"``, or ``"auto"`` when the number of live parameters P
-  is at most ``max_parameters``): J is formed (N C x P), A = J^T J + sigma^2 I is factorised by
-  Cholesky; exact up to rounding.
+  is at most ``max_parameters``): A = J^T J + sigma^2 I (P x P) is accumulated from the Jacobian
+  rows of chunks of examples and factorised by Cholesky; exact up to rounding.
 * function space (``"function"``, ``"auto"`` above that): the N C x N C system is solved by
   conjugate gradients (:mod:`sparse_nte.ntk.cg`) whose products are NTK-vector products
   (one reverse and one forward-mode pass over the training set; the kernel is never formed),
@@ -133,14 +133,25 @@ class NTKGaussianProcess:
         return {n: k.reshape(-1) != 0 for n, k in self.point.keep.items()}
 
     # -- parameter space ----------------------------------------------------------------------
+    def _jacobian_rows(self, x: torch.Tensor, t: Optional[torch.Tensor]):
+        """(rows, J) per chunk of examples, J (n, C, P) over the live parameters at the point;
+        chunks of ``chunk`` examples, or as many as keep J within ``budget`` elements."""
+        live = sum(self.fn.num_live(self.point.keep).values())
+        size = self.chunk or max(1, self.budget // max(1, live * self.num_outputs))
+        for r in chunks(x.shape[0], size):
+            yield r, jacobian(self.model, x[r], slice_t(t, r), point=self.point,
+                              budget=self.budget)
+
     def _fit_parameter_space(self) -> None:
-        j = jacobian(self.model, self.x, self.t, point=self.point, budget=self.budget)
-        n, c, p = j.shape
-        jf = j.reshape(n * c, p)
-        a = jf.T @ jf
+        a = rhs = None
+        for r, j in self._jacobian_rows(self.x, self.t):
+            jf = j.reshape(-1, j.shape[2])
+            part_a = jf.T @ jf
+            part_b = jf.T @ self.residual_targets[r].reshape(-1, 1)
+            a = part_a if a is None else a.add_(part_a)
+            rhs = part_b if rhs is None else rhs.add_(part_b)
         a.diagonal().add_(self.noise)
         self._chol = torch.linalg.cholesky(a)
-        rhs = jf.T @ self.residual_targets.reshape(-1, 1)
         self._w_live = torch.cholesky_solve(rhs, self._chol).squeeze(1)
         self.weights = self._unflatten_live(self._w_live)
 
@@ -194,11 +205,12 @@ class NTKGaussianProcess:
         if not variance:
             return mean, None
         if self.method == "parameter":
-            j = jacobian(self.model, x, t, point=self.point, budget=self.budget)
-            m, c, p = j.shape
-            v = torch.linalg.solve_triangular(self._chol, j.reshape(m * c, p).T, upper=False)
-            var = self.noise * (v * v).sum(0)
-            return mean, var.view(m, c).clamp_min(0.0)
+            parts = []
+            for _, j in self._jacobian_rows(x, t):
+                m, c, p = j.shape
+                v = torch.linalg.solve_triangular(self._chol, j.reshape(m * c, p).T, upper=False)
+                parts.append((self.noise * (v * v).sum(0)).view(m, c))
+            return mean, torch.cat(parts).clamp_min(0.0)
         n, c = self.residual_targets.shape
         m = x.shape[0]
         prior = empirical_ntk(self.model, x, t1=t, mode="diagonal", point=self.point,

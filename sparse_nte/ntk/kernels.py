@@ -190,7 +190,7 @@ def jacobian(model: nn.Module, x: torch.Tensor, t: Optional[torch.Tensor] = None
         n, c = feats.n, feats.k
         parts = []
         for name in fn.names:
-            numel = fn._param[name].numel()
+            numel = fn.numel(name)
             f = feats.per_param.get(name)
             j = f.dense() if f is not None else feats.outputs.new_zeros(n, c, numel)
             if live_only and name in keep:

@@ -41,7 +41,7 @@ import torch
 import torch.nn as nn
 
 from sparse_nte.layers import SparseWeightsBase, enforce_constraints
-from sparse_nte.ntk.params import ParameterPoint, _counters_kept, _unconstrained_view
+from sparse_nte.ntk.params import ParameterPoint, counters_kept, unconstrained_view
 
 __all__ = ["LinearizedNetwork", "linearize"]
 
@@ -85,7 +85,7 @@ class LinearizedNetwork(nn.Module):
             by_id[id(m.module.weight)]: m for m in self._sparse if id(m.module.weight) in by_id}
         for m in self._sparse:
             m.weight  # noqa: B018 -- installs the layer's gradient mask on theta
-        base = _unconstrained_view(copy.deepcopy(net))
+        base = unconstrained_view(copy.deepcopy(net))
         _freeze_as_buffers(base)
         self.net = net
         self.base = base
@@ -141,7 +141,7 @@ class LinearizedNetwork(nn.Module):
             frozen = {n: b.clone() for n, b in state}
             return torch.func.functional_call(self.base, {**primals, **frozen}, args)
 
-        with _counters_kept(self.base):
+        with counters_kept(self.base):
             value, change = torch.func.jvp(f, (theta0,), (self.delta(),))
         return value + change
 

@@ -54,7 +54,7 @@ class _PassThrough(nn.Module):
         return self.module(*args, **kwargs)
 
 
-def _unconstrained_view(module: nn.Module) -> nn.Module:
+def unconstrained_view(module: nn.Module) -> nn.Module:
     """``module`` with every sparse-weights wrapper replaced by a pass-through to its layer.
 
     Subtrees without such wrappers are shared with ``module``; containers above a wrapper are
@@ -64,13 +64,13 @@ def _unconstrained_view(module: nn.Module) -> nn.Module:
     if not any(isinstance(m, SparseWeightsBase) for m in module.modules()):
         return module
     view = copy.copy(module)
-    view._modules = OrderedDict((name, None if child is None else _unconstrained_view(child))
+    view._modules = OrderedDict((name, None if child is None else unconstrained_view(child))
                                 for name, child in module._modules.items())
     return view
 
 
 @contextmanager
-def _counters_kept(model: nn.Module) -> Iterator[None]:
+def counters_kept(model: nn.Module) -> Iterator[None]:
     """Restore the k-WTA sample counters (plain attributes, not buffers) on exit."""
     layers = [m for m in model.modules() if isinstance(m, KWinnersBase)]
     saved = [m.learning_iterations for m in layers]
@@ -114,7 +114,7 @@ class NetworkFunction:
         if not isinstance(model, nn.Module):
             raise ValueError(f"NetworkFunction expects an nn.Module, got {type(model).__name__}")
         self.model = model
-        self.view = _unconstrained_view(model)
+        self.view = unconstrained_view(model)
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if not named:
             raise ValueError(f"{type(model).__name__} has no trainable parameters "
@@ -135,6 +135,7 @@ class NetworkFunction:
                 if roles:
                     self.linear_names[id(m)] = roles
         self.last_effective: TensorDict = {}
+        self._view_buffers = {n for n, _ in self.view.named_buffers()}
 
     # -- the current point ------------------------------------------------------------------
     def keep_masks(self) -> TensorDict:
@@ -152,6 +153,10 @@ class NetworkFunction:
         """name -> number of live (unmasked) entries."""
         keep = self.keep_masks() if keep is None else keep
         return {n: int(keep[n].sum()) if n in keep else self._param[n].numel() for n in self.names}
+
+    def numel(self, name: str) -> int:
+        """Number of entries of parameter ``name`` (live or not)."""
+        return self._param[name].numel()
 
     def layers(self) -> List[str]:
         """Owning-module names, in parameter order, without repeats."""
@@ -186,9 +191,10 @@ class NetworkFunction:
         self.last_effective = dict(state)
         source = self.buffers() if buffers is None else buffers
         for n, b in source.items():
-            state[n] = b.clone()
+            if n in self._view_buffers:   # not the wrappers' masks and signs: the view has none
+                state[n] = b.clone()
         args = (x,) if t is None else (x, t)
-        with _counters_kept(self.model):
+        with counters_kept(self.model):
             return torch.func.functional_call(self.view, state, args)
 
     def point(self) -> ParameterPoint:
