@@ -53,16 +53,17 @@ def _auto_chunk(probe: Features, n: int, mode: str, budget: int) -> int:
     return max(1, min(n, size))
 
 
-def _add(total: Dict[str, torch.Tensor], feats1: Features, feats2: Features, fn: NetworkFunction,
-         mode: str, budget: int, rows1: slice, rows2: Optional[slice]) -> None:
-    """Add each parameter's block to its layer's kernel (``rows2`` None: diagonal mode)."""
+def _add(total: Dict[str, torch.Tensor], key: Dict[str, str], feats1: Features,
+         feats2: Features, fn: NetworkFunction, mode: str, budget: int, rows1: slice,
+         rows2: Optional[slice]) -> None:
+    """Add each parameter's block to ``total[key[name]]`` (``rows2`` None: diagonal mode)."""
     for name in fn.names:
         f1 = feats1.per_param.get(name)
         f2 = feats2.per_param.get(name)
         if f1 is None or f2 is None:
             continue
         block = contract(f1, f2, mode, budget)
-        target = total[fn.layer_of[name]]
+        target = total[key[name]]
         if rows2 is None:
             target[rows1] += block
         else:
@@ -122,13 +123,15 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: Optional[torch.Tensor]
     size = chunk or _auto_chunk(probe, n1, mode, budget)
     c = probe.k
     shape = {"full": (n1, n2, c, c), "trace": (n1, n2), "diagonal": (n1, c, c)}[mode]
-    total = {layer: probe.logits.new_zeros(shape) for layer in fn.layers()}
+    # one result per layer only when asked for: each is as large as the kernel
+    key = {n: (fn.layer_of[n] if per_layer else "") for n in fn.names}
+    total = {k: probe.logits.new_zeros(shape) for k in dict.fromkeys(key.values())}
 
     rows1: List[slice] = chunks(n1, size)
     if mode == "diagonal":
         for r1 in rows1:
             f1 = _features(fn, x1, t1, r1, point, budget)
-            _add(total, f1, f1, fn, mode, budget, r1, None)
+            _add(total, key, f1, f1, fn, mode, budget, r1, None)
         return _result(total, per_layer)
     rows2: List[slice] = rows1 if symmetric else chunks(n2, size)
     cache: Dict[int, Features] = {}
@@ -148,7 +151,7 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: Optional[torch.Tensor]
             if symmetric and j < i:
                 continue
             f2 = f1 if symmetric and j == i else side2(j)
-            _add(total, f1, f2, fn, mode, budget, r1, r2)
+            _add(total, key, f1, f2, fn, mode, budget, r1, r2)
             if symmetric and j > i:
                 for layer in total:
                     block = total[layer][r1, r2]
@@ -158,13 +161,7 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: Optional[torch.Tensor]
 
 
 def _result(total: Dict[str, torch.Tensor], per_layer: bool) -> KernelResult:
-    if per_layer:
-        return total
-    values = list(total.values())
-    out = values[0].clone()
-    for v in values[1:]:
-        out += v
-    return out
+    return total if per_layer else total[""]
 
 
 def jacobian(model: nn.Module, x: torch.Tensor, t: Optional[torch.Tensor] = None, *,
