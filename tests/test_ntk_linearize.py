@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from ntk_cases import assert_close, inputs, make_model
 from sparse_nte.dale import constrain_optimizer
-from sparse_nte.layers import SparseWeightsBase
+from sparse_nte.layers import SparseWeightsBase, update_boost_strength
 from sparse_nte.nte import build_nte_optimizer
 from sparse_nte.ntk import jacobian_vector_product, linearize, snapshot
 
@@ -156,5 +156,21 @@ def test_expansion_point_from_a_snapshot_and_frozen_buffers():
     lin(x, t)
     assert all(torch.equal(a, b) for a, b in
                zip(duty, [b for n, b in lin.base.named_buffers() if "duty" in n]))
+
     with pytest.raises(ValueError, match="not parameters of the model"):
         linearize(model, {"nope": torch.zeros(1)})
+
+
+def test_boost_strength_updates_do_not_move_the_expansion_point():
+    model = make_model("mlp", boost_strength=3.0, boost_strength_factor=0.1).train()
+    x, t = inputs(32, seed=6)
+    for _ in range(3):
+        model(x, t)                            # duty cycles now differ between units
+    model.eval()
+    lin = linearize(model).eval()
+    out, before = lin(x, t), model(x, t)
+    for _ in range(3):
+        lin.apply(update_boost_strength)       # what the runner does after every epoch
+        model.apply(update_boost_strength)
+    assert not torch.equal(model(x, t), before)   # the boost does change the network ...
+    assert torch.equal(lin(x, t), out)            # ... but not the linearisation around theta_0

@@ -18,8 +18,8 @@ theta_0 (the lazy / NTK regime); the NTE rule's experts are exactly the terms of
   own forward does). Masked entries of theta therefore stay exactly 0 and Dale signs never flip.
   ``net(x, t)`` is the non-linear network at theta.
 * ``base``: a frozen copy of the network at theta_0 (its parameters stored as buffers, its
-  buffers, e.g. k-WTA duty cycles, frozen at their theta_0 values: passed as copies at every
-  forward pass), evaluated with one forward-mode JVP per forward pass
+  buffers, e.g. k-WTA duty cycles, and its k-WTA boost strengths frozen at their theta_0
+  values: passed as copies, restored, at every forward pass), evaluated with one forward-mode JVP per forward pass
   (``torch.func.jvp``: the value f(x; theta_0) and J(x; theta_0)(theta - theta_0) together). The
   tangent is (theta - theta_0) * keep, so masked entries do not enter f_lin at all.
 
@@ -40,7 +40,7 @@ from typing import Dict, Mapping, Optional, Union
 import torch
 import torch.nn as nn
 
-from sparse_nte.layers import SparseWeightsBase, enforce_constraints
+from sparse_nte.layers import KWinnersBase, SparseWeightsBase, enforce_constraints
 from sparse_nte.ntk.params import ParameterPoint, counters_kept, unconstrained_view
 
 __all__ = ["LinearizedNetwork", "linearize"]
@@ -90,6 +90,10 @@ class LinearizedNetwork(nn.Module):
         self.net = net
         self.base = base
         self._param_names = set(self.names)
+        # k-WTA boost strengths are plain attributes that update_boost_strength() changes (the
+        # runner calls it every epoch): restored before every forward pass, like the buffers
+        self._boost = [(m, m.boost_strength_cpu) for m in base.modules()
+                       if isinstance(m, KWinnersBase)]
 
     @staticmethod
     def _load(net: nn.Module, values: Mapping[str, torch.Tensor],
@@ -141,6 +145,8 @@ class LinearizedNetwork(nn.Module):
             frozen = {n: b.clone() for n, b in state}
             return torch.func.functional_call(self.base, {**primals, **frozen}, args)
 
+        for m, strength in self._boost:
+            m.boost_strength_cpu = strength
         with counters_kept(self.base):
             value, change = torch.func.jvp(f, (theta0,), (self.delta(),))
         return value + change
