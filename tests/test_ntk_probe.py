@@ -78,11 +78,12 @@ def test_probe_records_plain_data_for_every_seen_task(scenario):
                     "effective_rank", "effective_rank_init", "kernel_mean_diag", "probe_size"):
             assert len(s[key]) == len(seen) and all(isinstance(v, (int, float)) for v in s[key])
         assert s["probe_size"] == [16] * len(seen)
-        assert s["cka_learned"][-1] == pytest.approx(1.0, abs=1e-12)   # the kernel it was learned with
+        # the current task: its kernel is the one it was learned with
+        assert s["cka_learned"][-1] == pytest.approx(1.0, abs=1e-12)
         assert all(d > 0 for d in s["kernel_drift"])
         assert all(-1 <= a <= 1 for a in s["grad_alignment"] + s["cka_init"])
         assert all(1 <= r <= 16 for r in s["effective_rank"])
-    # task 0 learned first; after task 2 its kernel has moved further from its own end-of-task kernel
+    # after task 2, task 0's kernel has moved further from its end-of-task-0 kernel
     assert stats[2]["cka_learned"][0] < 1.0
     assert stats[2]["kernel_drift"][0] > stats[0]["kernel_drift"][0]
 

@@ -3,7 +3,7 @@ adaptation and per-task kernel diagnostics.
 
     from sparse_nte.ntk import empirical_ntk, linearize, NTKGaussianProcess
     K = empirical_ntk(model.eval(), x, t1=t, mode="trace")        # (N, N)
-    lin = linearize(model)                                         # f(x; theta_0) + J (theta - theta_0)
+    lin = linearize(model)                         # f(x; theta_0) + J (theta - theta_0)
     gp = NTKGaussianProcess(model.eval(), x, y, t_train=t, noise=0.1)
     mean, var = gp.predict(x_test, t_test)
 

@@ -11,7 +11,7 @@ ICML 2022, structured derivatives)::
 
     unmasked  Theta[a, b, k, l] = (D1[a, k] . D2[b, l]) (a1[a] . a2[b])
     masked    Theta[a, b, k, l] = sum_j D1[a, k, j] D2[b, l, j] G_j[a, b],
-              G_j[a, b] = sum_l M[j, l] a1[a, l] a2[b, l]          (the Gram of unit j's live inputs)
+              G_j[a, b] = sum_l M[j, l] a1[a, l] a2[b, l]    (Gram of unit j's live inputs)
     bias      Theta[a, b, k, l] = D1[a, k] . D2[b, l]
 
 Costs per pair of chunks: unmasked n1 n2 (K1 K2 out + in); masked n1 n2 out (in + K1 K2); dense
