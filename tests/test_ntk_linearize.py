@@ -12,7 +12,7 @@ from ntk_cases import assert_close, inputs, make_model
 from sparse_nte.dale import constrain_optimizer
 from sparse_nte.layers import SparseWeightsBase, update_boost_strength
 from sparse_nte.nte import build_nte_optimizer
-from sparse_nte.ntk import jacobian_vector_product, linearize, snapshot
+from sparse_nte.ntk import empirical_ntk, jacobian_vector_product, linearize, snapshot
 
 
 def _set(module, values):
@@ -174,3 +174,14 @@ def test_boost_strength_updates_do_not_move_the_expansion_point():
         model.apply(update_boost_strength)
     assert not torch.equal(model(x, t), before)   # the boost does change the network ...
     assert torch.equal(lin(x, t), out)            # ... but not the linearisation around theta_0
+
+
+def test_its_tangent_kernel_is_the_models_kernel_at_theta0_wherever_theta_is():
+    model = make_model("mlp")
+    x, t = inputs(5, seed=7)
+    lin = linearize(model).eval()
+    with torch.no_grad():
+        for p in lin.net.parameters():
+            p.mul_(1.3)                               # far from theta_0: f_lin is affine anyway
+    assert_close(empirical_ntk(lin, x, t1=t), empirical_ntk(model, x, t1=t), rtol=1e-10)
+    assert all(isinstance(p, torch.nn.Parameter) for p in lin.net.parameters())

@@ -127,7 +127,10 @@ class LinearizedNetwork(nn.Module):
     def delta(self) -> Dict[str, torch.Tensor]:
         """name -> (theta - theta_0) * keep, differentiable with respect to theta."""
         for m in self._sparse:
-            m.weight  # noqa: B018 -- project theta (mask, Dale) if it changed, as the model does
+            # project theta (mask, Dale) if it changed, as the model does; not when a functional
+            # call (e.g. the kernel code) has put its own tensor in place of the parameter
+            if isinstance(m.module.weight, nn.Parameter):
+                m.weight  # noqa: B018
         theta0 = self.theta0()
         out = {}
         for n, p in self.net.named_parameters():
