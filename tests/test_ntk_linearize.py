@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from ntk_cases import assert_close, inputs, make_model
 from sparse_nte.dale import constrain_optimizer
 from sparse_nte.layers import SparseWeightsBase, update_boost_strength
-from sparse_nte.nte import build_nte_optimizer
+from sparse_nte.nte import NTE
 from sparse_nte.ntk import empirical_ntk, jacobian_vector_product, linearize, snapshot
 
 
@@ -118,10 +118,15 @@ def test_nte_trains_it_through_its_generic_path_like_the_model_at_theta0():
     lin = linearize(model).train()
     x, t = inputs(12, seed=4)
     y = torch.randint(0, 3, (12,))
-    cfg = {"optimizer": "nte", "lr": 0.05, "nte_beta": 0.05, "nte_fast": "off", "seed": 0}
     copy_ = copy.deepcopy(model)
-    opt_model = build_nte_optimizer(copy_, cfg)
-    opt_lin = build_nte_optimizer(lin, cfg)
+
+    def nte(net):   # weights managed by NTE, biases plain SGD (nte_params = weights)
+        weights = [p for n, p in net.named_parameters() if n.endswith("weight")]
+        others = [p for n, p in net.named_parameters() if not n.endswith("weight")]
+        return NTE([{"params": weights}, {"params": others, "managed": False, "lr": 0.05}], net,
+                   beta=0.05, fast="off")
+
+    opt_model, opt_lin = nte(copy_), nte(lin)
     opt_model.step(lambda: F.cross_entropy(copy_(x, t), y, reduction="none"))
     opt_lin.step(lambda: F.cross_entropy(lin(x, t), y, reduction="none"))
     assert sorted(opt_lin.last_step["generic"]) == sorted(

@@ -13,7 +13,7 @@ from models import build_model
 from sparse_nte.dale import constrain_optimizer
 from sparse_nte.ntk import (NTK_PROBE_KEYS, NTKProbe, NTKProbeSpec, build_ntk_probe,
                             centered_kernel_alignment, empirical_ntk, gradient_alignment,
-                            kernel_drift, snapshot)
+                            kernel_drift, ntk_probe_enabled, snapshot)
 from sparse_nte.ntk.probe import probe_rows
 from sparse_nte.seams import Probe, TaskContext
 
@@ -142,7 +142,8 @@ def test_spec_from_config_and_its_errors():
     assert spec == NTKProbeSpec(True, 32, 24, "test", 3)
     assert NTK_PROBE_KEYS == ("record_ntk", "ntk_probe_size", "ntk_align_batch",
                               "ntk_probe_split", "seed")
-    assert isinstance(build_ntk_probe(cfg, env=None), NTKProbe)
+    assert isinstance(build_ntk_probe(cfg, env=None), NTKProbe) and ntk_probe_enabled(cfg)
+    assert not ntk_probe_enabled(SimpleNamespace(**{**vars(cfg), "record_ntk": False}))
     with pytest.raises(ValueError, match="lacks the key"):
         NTKProbeSpec.from_config(SimpleNamespace(record_ntk=True))
     with pytest.raises(ValueError, match="'ntk_align_batch' .* conflict"):

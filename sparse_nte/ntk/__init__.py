@@ -22,7 +22,8 @@ from sparse_nte.ntk.gp import NTKGaussianProcess
 from sparse_nte.ntk.kernels import empirical_ntk, jacobian
 from sparse_nte.ntk.linearize import LinearizedNetwork, linearize
 from sparse_nte.ntk.params import NetworkFunction, ParameterPoint, snapshot
-from sparse_nte.ntk.probe import NTK_PROBE_KEYS, NTKProbe, NTKProbeSpec, build_ntk_probe
+from sparse_nte.ntk.probe import (NTK_PROBE_KEYS, NTKProbe, NTKProbeSpec, build_ntk_probe,
+                                  ntk_probe_enabled)
 from sparse_nte.ntk.products import (fisher_vector_product, jacobian_vector_product,
                                      ntk_vector_product, vector_jacobian_product)
 
@@ -35,6 +36,6 @@ __all__ = [
     "conjugate_gradients", "CGResult",
     "gradient_alignment", "GradientAlignment", "kernel_drift", "centered_kernel_alignment",
     "effective_rank",
-    "NTKProbe", "NTKProbeSpec", "NTK_PROBE_KEYS", "build_ntk_probe",
+    "NTKProbe", "NTKProbeSpec", "NTK_PROBE_KEYS", "build_ntk_probe", "ntk_probe_enabled",
     "NetworkFunction", "ParameterPoint", "snapshot",
 ]

@@ -40,7 +40,8 @@ from sparse_nte.ntk.kernels import empirical_ntk
 from sparse_nte.ntk.params import ParameterPoint, snapshot
 from sparse_nte.seams import BuildEnv, Probe, TaskContext
 
-__all__ = ["NTKProbeSpec", "NTKProbe", "build_ntk_probe", "NTK_PROBE_KEYS", "SPLITS"]
+__all__ = ["NTKProbeSpec", "NTKProbe", "build_ntk_probe", "ntk_probe_enabled", "NTK_PROBE_KEYS",
+           "SPLITS"]
 
 SPLITS = ("train", "test")
 _SEED_TAG = 0x6E746B   # "ntk": separates the probe's stream from the trial's other seeded draws
@@ -228,6 +229,14 @@ class NTKProbe(Probe):
         self._data = {}
 
 
+def ntk_probe_enabled(config: Any) -> bool:
+    """Whether ``config`` asks for the probe (key ``record_ntk``): the registry's ``enabled``."""
+    return bool(NTKProbeSpec.from_config(config).record_ntk)
+
+
 def build_ntk_probe(config: Any, env: BuildEnv) -> NTKProbe:
-    """Registry builder (``build(config, env)``): the probe described by ``config``."""
+    """Registry builder (``build(config, env)``): the probe described by ``config``.
+
+    Registry entry (:mod:`sparse_nte.probes`): ``"ntk": (ntk_probe_enabled, build_ntk_probe)``.
+    """
     return NTKProbe(NTKProbeSpec.from_config(config))
