@@ -220,6 +220,7 @@ def run_trial(config: Any, results_dir: os.PathLike = "results", *, folder: Opti
     """
     from benchmarks import build_scenario
     from models import build_model
+    from sparse_nte.ntk.linearize import LinearizedNetwork, linearize
     from tqdm.auto import tqdm
 
     config = as_config(config)
@@ -245,7 +246,10 @@ def run_trial(config: Any, results_dir: os.PathLike = "results", *, folder: Opti
         data_root=config.data_root or None, train_subset=config.train_subset or None,
     )
     log(f"[{exp} seed {seed}] data: {config.dataset} from {scenario.source}")
-    model = build_model(config, scenario).to(device)
+    model = build_model(config, scenario)
+    if config.linearize:    # train f(x; theta0) + J(x; theta0)(theta - theta0) instead
+        model = linearize(model)
+    model = model.to(device)
     num_tasks = len(scenario.tasks)
     learner = build_learner(config, model, scenario, device)
     steps, epochs = learner.steps_per_task, learner.epochs_per_task
@@ -287,8 +291,9 @@ def run_trial(config: Any, results_dir: os.PathLike = "results", *, folder: Opti
         acc[i] = _evaluate_all(model, scenario, i, device)
         t_eval = time.perf_counter() - t0 - t_train
         task_stats = {"task": i, "train_s": t_train, "eval_s": t_eval, **train_info, **learner.stats()}
-        if config.record_stats:
-            task_stats.update(model_stats.model_stats(model, scenario, i, device=device))
+        if config.record_stats:   # a linearized network's own layers; it has no hidden activity
+            net, activity = (model.net, None) if isinstance(model, LinearizedNetwork) else (model, scenario)
+            task_stats.update(model_stats.model_stats(net, activity, i, device=device))
         stats["per_task"].append(task_stats)
         elapsed += time.perf_counter() - t0
         trained = i + 1

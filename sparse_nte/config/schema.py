@@ -20,6 +20,7 @@ from sparse_nte.config.groups.dale import DaleKeys
 from sparse_nte.config.groups.data import DataKeys
 from sparse_nte.config.groups.kwta import KWTAKeys
 from sparse_nte.config.groups.model import ModelKeys
+from sparse_nte.config.groups.ntk import NTKKeys
 from sparse_nte.config.groups.nte import NTEKeys
 from sparse_nte.config.groups.plasticity import PlasticityKeys
 from sparse_nte.config.groups.rule import RuleKeys
@@ -46,7 +47,7 @@ class _Name:
 # Bases in reverse schema order: a dataclass lists the fields of its bases from the last base
 # of the MRO to the first, so ``name`` comes first and the run keys next.
 @dataclass(frozen=True)
-class Config(SelectionKeys, StrategyKeys, PlasticityKeys, DaleKeys, NTEKeys, TrainingKeys, RuleKeys,
+class Config(NTKKeys, SelectionKeys, StrategyKeys, PlasticityKeys, DaleKeys, NTEKeys, TrainingKeys, RuleKeys,
              ModelKeys, ConnectivityKeys, KWTAKeys, DataKeys, RunKeys, _Name, Mapping):
     """A resolved, validated experiment configuration (immutable).
 
