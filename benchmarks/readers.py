@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import codecs
 import gzip
+import math
 import pickle
 import struct
 import zlib
@@ -49,7 +50,8 @@ def read_idx(path: Path | str) -> np.ndarray:
     """Read one IDX file (optionally gzipped) into a native-endian, writable numpy array.
 
     Raises CorruptFileError for a bad magic number, a truncated header, or a payload whose
-    length differs from the product of the header's sizes times the item size.
+    length differs from the product of the header's sizes times the item size (computed with
+    Python integers, so a header declaring absurd sizes is reported, not wrapped around).
     """
     path = Path(path)
     raw = _read_bytes(path)
@@ -68,7 +70,7 @@ def read_idx(path: Path | str) -> np.ndarray:
                                      f"header bytes, the file has {len(raw)}")
     dims = struct.unpack(f">{ndim}I", raw[4:header])
     dtype = _IDX_DTYPES[type_code]
-    count = int(np.prod(dims, dtype=np.int64))
+    count = math.prod(dims)  # Python ints: up to 255 sizes of 2**32 - 1 must not wrap around
     expected = header + count * dtype.itemsize
     if len(raw) != expected:
         what = "truncated" if len(raw) < expected else "trailing bytes after the data"
