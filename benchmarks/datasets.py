@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -123,6 +124,13 @@ def _not_found_message(source: DatasetSource, data_root: Optional[os.PathLike | 
     return "\n".join(lines)
 
 
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr is not None and sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stream
+        return False
+
+
 def locate_dataset(name: str, data_root: Optional[os.PathLike | str] = None, *,
                    download: bool = True, mirrors: Optional[Sequence[str]] = None,
                    progress: bool = True) -> Path:
@@ -130,8 +138,10 @@ def locate_dataset(name: str, data_root: Optional[os.PathLike | str] = None, *,
 
     Raises DatasetNotFoundError (listing every folder searched and how to provide the files)
     when no folder is complete and downloading is disabled by ``download=False`` or by
-    ``$SPARSE_NTE_NO_DOWNLOAD``.
+    ``$SPARSE_NTE_NO_DOWNLOAD``. ``progress`` draws a download bar on stderr when stderr is a
+    terminal (never into a redirected file, e.g. a batch job's output).
     """
+    progress = progress and _stderr_is_terminal()
     source = get_source(name)
     folder = find_dataset_folder(name, data_root)
     if folder is not None:
