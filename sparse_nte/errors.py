@@ -9,6 +9,10 @@ traceback goes to the trial's log) and exits with the status documented in the R
   trials of the sweep still run.
 - :class:`DivergedError`: the trial's loss or weights stopped being finite (or a numerical guard
   fired on a large share of terms); the trial ends with status ``diverged``.
+- :class:`TrialBusyError`: another process holds the trial's lock file (it is running the same
+  trial on the same results folder); this attempt fails without touching the trial's files.
+- :class:`Terminated`: SIGTERM arrived (``kill``, a batch scheduler's time limit); like Ctrl-C's
+  KeyboardInterrupt it is not an ``Exception``, so it stops the whole run: exit status 143.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import os
 from typing import Optional, Sequence, Union
 
 __all__ = ["ConfigError", "UsageError", "TrialError", "ResultsError", "CheckpointError",
-           "DivergedError"]
+           "DivergedError", "TrialBusyError", "Terminated"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -91,6 +95,24 @@ class ResultsError(TrialError):
 
 class CheckpointError(TrialError):
     """A checkpoint cannot be read or belongs to another configuration."""
+
+
+class TrialBusyError(TrialError):
+    """The trial's lock file is held by another process (``pid`` on ``host``, when known)."""
+
+
+class Terminated(BaseException):
+    """SIGTERM (or another termination signal) arrived; ``signum`` is its number. Raised from
+    the signal handler, so it unwinds the running trial like KeyboardInterrupt does: written
+    files stay whole (see :func:`sparse_nte.interrupts.deferred`), checkpoints of finished tasks
+    stay, and the command exits with status ``128 + signum``."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = int(signum)
+        super().__init__(f"terminated by signal {self.signum}")
+
+    def __reduce__(self):
+        return (Terminated, (self.signum,))
 
 
 class DivergedError(TrialError):
