@@ -8,6 +8,7 @@ overrides, see :mod:`sparse_nte.identity`)::
     <results_dir>/<folder>/seed<k>.ckpt    torch checkpoint after the last finished task (removed
                                            when the run finishes)
     <results_dir>/<folder>/seed<k>.log     every attempt's messages and tracebacks
+    <results_dir>/<folder>/seed<k>.lock    held while a process runs the trial (:mod:`sparse_nte.locks`)
     <results_dir>/<folder>/variant.json    the overrides that define a variant folder
 
 A file is written to a temporary name in the same folder and renamed over the target
@@ -15,7 +16,8 @@ A file is written to a temporary name in the same folder and renamed over the ta
 writer leaves the previous version intact. The content is produced in memory first, so a full
 disk or a permission error is reported as such (``No space left on device``), never as a
 truncated file. Files get the permissions of the process's umask (like any file it creates),
-so lab-mates can read a shared results folder.
+so lab-mates can read a shared results folder. SIGINT and SIGTERM arriving during a write take
+effect once the rename is done (:func:`sparse_nte.interrupts.deferred`).
 """
 from __future__ import annotations
 
@@ -24,19 +26,21 @@ import io
 import os
 import pickle
 import platform
+import secrets
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
 
 from sparse_nte.errors import ResultsError
+from sparse_nte.interrupts import deferred
 
 __all__ = [
-    "result_path", "checkpoint_path", "log_path", "atomic_write", "atomic_write_bytes",
-    "save_result", "load_result", "check_plain", "versions", "os_error_text",
+    "result_path", "checkpoint_path", "log_path", "lock_path", "variant_path", "make_folder",
+    "atomic_write", "atomic_write_bytes", "save_result", "load_result", "check_plain", "versions",
+    "os_error_text",
 ]
 
 
@@ -52,10 +56,12 @@ def log_path(results_dir: os.PathLike, folder: str, seed: int) -> Path:
     return Path(results_dir) / folder / f"seed{seed}.log"
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def lock_path(results_dir: os.PathLike, folder: str, seed: int) -> Path:
+    return Path(results_dir) / folder / f"seed{seed}.lock"
+
+
+def variant_path(results_dir: os.PathLike, folder: str) -> Path:
+    return Path(results_dir) / folder / "variant.json"
 
 
 def os_error_text(exc: OSError) -> str:
@@ -65,13 +71,17 @@ def os_error_text(exc: OSError) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _make_folder(folder: Path) -> None:
+def make_folder(folder: os.PathLike) -> None:
+    """Create ``folder`` (and its parents) if needed; a ResultsError naming the culprit if a
+    file stands in its place (or in a parent's), or it cannot be created."""
+    folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise ResultsError(f"{folder} exists but is not a folder; remove or rename it, or pass "
-                           f"--results-dir DIR") from None
     except OSError as exc:
+        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            raise ResultsError(f"{blocker} exists but is not a folder; remove or rename it, or pass "
+                               f"--results-dir DIR") from None
         raise ResultsError(f"cannot create the results folder {folder}: {os_error_text(exc)}; "
                            f"pass --results-dir DIR to write elsewhere") from None
     if not folder.is_dir():
@@ -84,24 +94,43 @@ def atomic_write_bytes(path: os.PathLike, data: bytes) -> Path:
     with the umask's permissions. On any error the temporary file is removed, ``path`` is
     untouched and a :class:`ResultsError` names the file and the system's reason."""
     path = Path(path)
-    _make_folder(path.parent)
+    make_folder(path.parent)
+    with deferred():
+        return _write_replace(path, data)
+
+
+def _hint(exc: OSError) -> str:
+    return ("free some space" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            else "check the folder's permissions")
+
+
+def _create_temporary(path: Path) -> tuple[int, Path]:
+    """A new file beside ``path`` for writing, created with mode 0o666 so the kernel applies
+    the umask (reading the umask would need ``os.umask``, which changes it for every thread)."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", str(path))
+
+
+def _write_replace(path: Path, data: bytes) -> Path:
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = _create_temporary(path)
     except OSError as exc:
-        raise ResultsError(f"cannot write in {path.parent}: {os_error_text(exc)}; check its "
-                           f"permissions, or pass --results-dir DIR") from None
+        raise ResultsError(f"cannot write in {path.parent}: {os_error_text(exc)}; {_hint(exc)}, or "
+                           f"pass --results-dir DIR") from None
     try:
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-            os.chmod(tmp, 0o666 & ~_umask())
             os.replace(tmp, path)
         except OSError as exc:
-            hint = ("free some space" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
-                    else "check the folder's permissions")
-            raise ResultsError(f"cannot write {path}: {os_error_text(exc)}; {hint}, or pass "
+            raise ResultsError(f"cannot write {path}: {os_error_text(exc)}; {_hint(exc)}, or pass "
                                f"--results-dir DIR") from None
     except BaseException:
         try:
