@@ -52,6 +52,8 @@ __all__ = ["run_trial", "evaluate", "TrialResult", "as_config", "STATUSES"]
 
 EVAL_BATCH = 2048
 CHECKPOINT_FORMAT = 2
+_CHECKPOINT_KEYS = ("config", "model", "learner", "acc", "stats", "elapsed_s", "random_init_acc",
+                    "torch_rng", "next_task")
 #: Statuses of a trial: ``done`` (ran now), ``skipped`` (its result existed), ``diverged``
 #: (training stopped being finite; saved as such), ``failed`` (an error; nothing saved).
 STATUSES = ("done", "skipped", "diverged", "failed")
@@ -175,12 +177,30 @@ def _load_checkpoint(ckpt: Path, config: Config, device: str) -> dict:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"checkpoint {ckpt} has format {found}, this version writes "
                               f"{CHECKPOINT_FORMAT}; run with --no-resume to start this trial again")
+    missing = [k for k in _CHECKPOINT_KEYS if k not in state]
+    if missing or not isinstance(state["config"], Mapping):
+        raise CheckpointError(f"checkpoint {ckpt} is incomplete (missing {', '.join(missing) or 'config'}); "
+                              f"run with --no-resume to start this trial again")
     diff = differences(state["config"], config.to_dict())
     if diff:
         raise CheckpointError(f"checkpoint {ckpt} was written by another configuration "
                               f"({describe_differences(diff)}); run with --no-resume to start this "
                               f"trial again, or --results-dir DIR to keep both")
     return state
+
+
+def _restore(ckpt: Path, state: dict, model: nn.Module, learner: Learner) -> None:
+    """Load the model's and the learner's state from a checkpoint of this configuration; a
+    CheckpointError naming the file if they do not fit (a checkpoint edited or written by
+    another version of the code)."""
+    try:
+        model.load_state_dict(state["model"])
+        learner.load_state_dict(state["learner"])
+        torch.set_rng_state(state["torch_rng"])
+    except (KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise CheckpointError(f"checkpoint {ckpt} does not fit this trial ({type(exc).__name__}: "
+                              f"{first}); run with --no-resume to start this trial again") from None
 
 
 def _save_checkpoint(ckpt: Path, state: dict) -> None:
@@ -263,11 +283,9 @@ def run_trial(config: Any, results_dir: os.PathLike = "results", *, folder: Opti
     random_init_acc = None
     if resume and ckpt.exists():
         state = _load_checkpoint(ckpt, config, device)
-        model.load_state_dict(state["model"])
-        learner.load_state_dict(state["learner"])
+        _restore(ckpt, state, model, learner)
         acc, stats, elapsed = state["acc"], state["stats"], state["elapsed_s"]
         random_init_acc = state["random_init_acc"]
-        torch.set_rng_state(state["torch_rng"])
         start_task = state["next_task"]
         log(f"[{exp} seed {seed}] resuming at task {start_task} from {ckpt}")
     if random_init_acc is None:
