@@ -1,11 +1,15 @@
 """Running many trials: in this process, in parallel local processes, or as Ray tasks.
 
-A trial is one (experiment, seed) pair; its result file ``results/<exp>/seed<k>.pkl`` is its
-identity: a trial whose pickle exists is done (skipped unless ``overwrite``), a trial with a
-checkpoint resumes from it, and a trial asked for twice runs once. Trials are independent, so a
+A trial is one (experiment variant, seed) pair; its result file ``results/<folder>/seed<k>.pkl``
+is its identity: a trial whose pickle exists is done (skipped unless ``overwrite``), a trial with
+a checkpoint resumes from it, and a trial asked for twice runs once. Trials are independent, so a
 failure in one never loses another's result; every backend ends with one :class:`Outcome` per
-trial. Every backend appends the output of each attempt at a trial to its log
-``results/<exp>/seed<k>.log``, starting with the line ``[pid N] starting <exp> seed <k>``.
+trial. Every attempt at a trial (:func:`run_attempt`, used by every backend) first takes the
+trial's lock file ``seed<k>.lock`` (:mod:`sparse_nte.locks`: a second process asking for the same
+trial fails at once, naming the holder), then appends its output to the trial's log
+``results/<folder>/seed<k>.log``, starting with the line ``[pid N] starting <folder> seed <k>``.
+Ctrl-C and SIGTERM stop every backend; files being written are finished first
+(:mod:`sparse_nte.interrupts`), finished trials and checkpoints stay.
 
 - :func:`run_inline`: one after the other in this process (``--workers 1``).
 - :func:`run_local`: ``--workers N`` long-lived child processes (``python -m sparse_nte.trial
@@ -13,7 +17,9 @@ trial. Every backend appends the output of each attempt at a trial to its log
   the trial's log. A worker imports torch once and then runs trial after trial, so short trials
   are not dominated by interpreter start-up; a worker that dies (segfault, OOM killer, kill -9)
   fails only the trial it was running and is replaced. Torch threads per trial = cores // N
-  unless ``--threads``. One overall progress bar.
+  unless ``--threads``. One overall progress bar. Workers run in their own session, so a
+  terminal's Ctrl-C reaches only ``run_exps.py``, which stops them with SIGTERM: they unwind
+  their trial quietly (no traceback on the terminal) and exit.
 - :func:`run_ray`: Ray tasks (``pip install .[ray]``) on a new local Ray instance (listening on
   the loopback interface only) or an existing cluster. Workers write checkpoints and results
   straight into the results directory, which must therefore be visible to every node (a shared
@@ -38,11 +44,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from sparse_nte.errors import ConfigError, ResultsError, TrialError, UsageError
-from sparse_nte.results import log_path, result_path
+from sparse_nte.errors import ConfigError, ResultsError, Terminated, TrialError, UsageError
+from sparse_nte.interrupts import signal_name, terminate_raises
+from sparse_nte.locks import TrialLock
+from sparse_nte.results import (atomic_write_bytes, lock_path, log_path, make_folder, os_error_text,
+                                result_path, variant_path)
+from sparse_nte.trial_log import TrialLog, output_to
 
 __all__ = ["TrialOptions", "TrialSpec", "Outcome", "run_inline", "run_local", "run_ray",
-           "format_outcomes", "trial_log_path", "available_cores", "as_spec"]
+           "run_attempt", "format_outcomes", "trial_log_path", "available_cores", "as_spec",
+           "error_text"]
 
 #: Ray reads this variable when it is imported: "0" makes a local instance use 127.0.0.1 as its
 #: node address, and then every Ray server of the instance listens on the loopback interface only
@@ -62,12 +73,14 @@ class TrialOptions:
 
 @dataclass(frozen=True)
 class TrialSpec:
-    """One trial: its resolved config (a Config, or its plain dict across processes) and the
+    """One trial: its resolved config (a Config, or its plain dict across processes), the
     results folder it writes to (the experiment's name, or a variant's,
-    :func:`sparse_nte.identity.folder_name`)."""
+    :func:`sparse_nte.identity.folder_name`) and, for a variant, the keys in which it differs
+    from the experiment as the file defines it (written to the folder's ``variant.json``)."""
 
     config: Any
     folder: str
+    variant: Dict[str, Any] = field(default_factory=dict, hash=False)
 
     @property
     def seed(self) -> int:
@@ -79,7 +92,7 @@ class TrialSpec:
 
     def to_json(self) -> dict:
         cfg = self.config.to_dict() if hasattr(self.config, "to_dict") else dict(self.config)
-        return {"config": cfg, "folder": self.folder}
+        return {"config": cfg, "folder": self.folder, "variant": dict(self.variant)}
 
 
 def as_spec(trial: Any) -> TrialSpec:
@@ -144,20 +157,21 @@ def execute_trial(spec: TrialSpec, options: TrialOptions, log: Callable[[str], N
                    metrics=_scalar_metrics(res), folder=spec.folder)
 
 
-def _error_line(exc: BaseException) -> str:
-    """One line for the summary: the toolkit's own errors as their message, others with their
-    type; multi-line messages keep their first line unless it is only a header."""
+def error_text(exc: BaseException) -> str:
+    """The whole message for the summary: the toolkit's own errors as their message, others with
+    their type. A message of several lines (e.g. every folder searched for a dataset) keeps them;
+    blank lines and trailing spaces are dropped."""
     if isinstance(exc, (TrialError, UsageError, ConfigError)):
-        text = str(exc).strip()
+        text = str(exc)
     else:
-        text = f"{type(exc).__name__}: {exc}".strip()
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return " ".join(lines)[:800] if lines else type(exc).__name__
+        text = f"{type(exc).__name__}: {exc}"
+    lines = [line.rstrip() for line in text.strip().splitlines() if line.strip()]
+    return "\n".join(lines) if lines else type(exc).__name__
 
 
 def understood(exc: BaseException) -> bool:
     """An error the toolkit raises on purpose (bad config, data, results, checkpoint, disk,
-    device): reported in one line, its traceback kept in the log only."""
+    device): reported by its message alone, its traceback kept in the log only."""
     from benchmarks.errors import CorruptFileError, DatasetNotFoundError, DownloadError
 
     return isinstance(exc, (TrialError, ConfigError, UsageError, DatasetNotFoundError,
@@ -187,21 +201,35 @@ def _pending(trials: Sequence[TrialSpec], options: TrialOptions) -> Tuple[List[T
     todo, done = [], []
     for spec in trials:
         path = result_path(options.results_dir, spec.folder, spec.seed)
-        if options.overwrite or not path.exists():
+        try:
+            exists = path.exists()
+        except OSError as exc:  # e.g. a folder on the way that this user may not enter
+            done.append(_failed(spec, f"cannot read {path}: {os_error_text(exc)}; check the results "
+                                      f"folder's permissions, or pass --results-dir DIR"))
+            continue
+        if options.overwrite or not exists:
             todo.append(spec)
             continue
         try:
             stored = reusable_result(path, as_config(spec.config))
         except ResultsError as exc:
-            done.append(Outcome(spec.name, spec.seed, "failed", str(exc), folder=spec.folder))
+            done.append(_failed(spec, error_text(exc)))
             continue
         status = "skipped" if stored.get("status", "done") == "done" else str(stored["status"])
-        error = ("" if status == "skipped" else
-                 f"{path} holds a {status} result ({stored.get('diverged', {}).get('reason', '')}); "
-                 f"rerun with --overwrite after changing the configuration")
+        error = "" if status == "skipped" else _stored_failure(path, stored)
         done.append(Outcome(spec.name, spec.seed, status, error, metrics=_scalar_metrics(stored),
                             folder=spec.folder))
     return todo, done
+
+
+def _stored_failure(path: Path, stored: dict) -> str:
+    """Why a stored result that is not ``done`` is not a score, and what to do."""
+    d = stored.get("diverged") or {}
+    where = (f" at task {d.get('task')}, epoch {d.get('epoch')}, step {d.get('step')}: {d.get('reason')}"
+             if d else "")
+    return (f"{path} holds a {stored.get('status')} result{where}; this configuration and seed "
+            f"give the same again (CPU runs are deterministic): change the configuration (it then "
+            f"gets its own folder), or rerun with --overwrite")
 
 
 def _in_order(trials: Sequence[TrialSpec], outcomes: List[Outcome]) -> List[Outcome]:
@@ -223,60 +251,80 @@ def run_inline(trials: Sequence[dict], options: TrialOptions) -> List[Outcome]:
     each trial's log."""
     trials = _unique(trials)
     todo, outcomes = _pending(trials, options)
-    for spec in todo:
-        outcomes.append(_run_logged(spec, options, echo=True))
+    with terminate_raises():
+        for spec in todo:
+            outcomes.append(run_attempt(spec, options, echo=True))
     return _in_order(trials, outcomes)
 
 
-class _NullLog:
-    def write(self, text: str) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
+def _failed(spec: TrialSpec, message: str, seconds: float = 0.0) -> Outcome:
+    return Outcome(spec.name, spec.seed, "failed", message, seconds=seconds, folder=spec.folder)
 
 
-def _open_log(path: Path) -> Tuple[Any, str]:
-    """The trial's log opened for appending, or a null log and why it could not be opened."""
+def run_attempt(spec: TrialSpec, options: TrialOptions, *, echo: bool = False,
+                redirect: bool = False) -> Outcome:
+    """One attempt at a trial, as every backend makes it: take the trial's lock, append to its
+    log (echoing messages to stdout when ``echo``; sending file descriptors 1 and 2 to the log
+    when ``redirect``), write ``variant.json`` for a variant folder, run the trial.
+
+    Every failure becomes a failed Outcome with the whole message: another process holding the
+    lock (nothing of the trial is touched), a results folder that cannot be written, the trial's
+    own errors (the traceback goes to the log; it is also printed when ``echo`` and the error is
+    not one the toolkit raises on purpose, i.e. a bug). Ctrl-C and SIGTERM propagate (after a
+    line in the log)."""
+    log_file = trial_log_path(options.results_dir, spec.folder, spec.seed)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return open(path, "a", buffering=1), ""
-    except OSError as exc:
-        from sparse_nte.results import os_error_text
-        return _NullLog(), f"cannot write the log {path}: {os_error_text(exc)}"
-
-
-def _run_logged(spec: TrialSpec, options: TrialOptions, echo: bool) -> Outcome:
-    """Run one trial with its messages appended to its log (and printed when ``echo``). Every
-    failure, set-up included, becomes a failed Outcome with one line; the traceback goes to the
-    log only."""
-    path = trial_log_path(options.results_dir, spec.folder, spec.seed)
-    fh, log_problem = _open_log(path)
+        make_folder(log_file.parent)
+        lock = TrialLock.acquire(lock_path(options.results_dir, spec.folder, spec.seed),
+                                 f"{spec.folder} seed {spec.seed}")
+    except TrialError as exc:
+        return _failed(spec, error_text(exc))
     try:
-        fh.write(_log_header(spec) + "\n")
-
-        def log(msg: str) -> None:
-            if echo:
-                print(msg, flush=True)
-            fh.write(msg + "\n")
-
-        try:
-            if log_problem:
-                raise ResultsError(f"{log_problem}; check the results folder's permissions, or pass "
-                                   f"--results-dir DIR")
-            outcome = execute_trial(spec, options, log=log)
-            fh.write(f"{outcome.status}: {spec.folder} seed {spec.seed} in {outcome.seconds:.1f}s\n")
+        with TrialLog(log_file) as log:
+            if not log.ok:
+                return _failed(spec, f"{log.problem}; check the results folder's permissions, or "
+                                     f"pass --results-dir DIR")
+            with output_to(log.fileno() if redirect else None):
+                outcome = _logged(spec, options, log, echo)
+            if log.problem and outcome.status == "failed":
+                outcome.error += f" ({log.problem})"
             return outcome
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as exc:  # one failed trial must not stop the others
-            fh.write(traceback.format_exc())
-            if echo and not understood(exc):  # a bug: show where it happened
-                sys.stderr.write(traceback.format_exc())
-            where = "" if log_problem else f" (log: {path})"
-            return Outcome(spec.name, spec.seed, "failed", f"{_error_line(exc)}{where}", folder=spec.folder)
     finally:
-        fh.close()
+        lock.release()
+
+
+def _write_variant(spec: TrialSpec, options: TrialOptions) -> None:
+    """``variant.json`` of a variant folder: the experiment and the keys that make it one."""
+    path = variant_path(options.results_dir, spec.folder)
+    if spec.variant and not path.exists():
+        text = json.dumps({"experiment": spec.name, "differs_in": spec.variant}, indent=1)
+        atomic_write_bytes(path, (text + "\n").encode())
+
+
+def _logged(spec: TrialSpec, options: TrialOptions, log: TrialLog, echo: bool) -> Outcome:
+    log.write(_log_header(spec) + "\n")
+
+    def say(msg: str) -> None:
+        if echo:
+            print(msg, flush=True)
+        log.write(msg + "\n")
+
+    t0 = time.perf_counter()
+    try:
+        _write_variant(spec, options)
+        outcome = execute_trial(spec, options, log=say)
+    except (KeyboardInterrupt, Terminated) as exc:
+        why = "Ctrl-C" if isinstance(exc, KeyboardInterrupt) else signal_name(exc.signum)
+        log.write(f"interrupted by {why}: the trial resumes from its last checkpoint next time\n")
+        raise
+    except Exception as exc:  # one failed trial must not stop the others
+        log.write(traceback.format_exc())
+        if echo and not understood(exc):  # a bug: show where it happened
+            sys.stderr.write(traceback.format_exc())
+        where = f" (log: {log.path})" if log.ok else ""
+        return _failed(spec, f"{error_text(exc)}{where}", time.perf_counter() - t0)
+    log.write(f"{outcome.status}: {spec.folder} seed {spec.seed} in {outcome.seconds:.1f}s\n")
+    return outcome
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,25 +345,48 @@ def _last_error(log: Path, offset: int = 0) -> str:
     return "no output"
 
 
+#: Exit statuses of a worker that was stopped by Ctrl-C or SIGTERM (its own handler's status, or
+#: the signal itself if it arrived before the handler was installed).
+_INTERRUPTED = {128 + signal.SIGTERM: signal.SIGTERM, 128 + signal.SIGINT: signal.SIGINT,
+                -signal.SIGTERM: signal.SIGTERM, -signal.SIGINT: signal.SIGINT}
+
+
+class _Interrupted(Exception):
+    """A worker was stopped by a signal (e.g. a batch scheduler signalling every process of the
+    job): the sweep stops as if this process had received it."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = int(signum)
+        super().__init__(f"a worker was stopped by signal {self.signum}")
+
+
 class _Worker:
     """One long-lived ``python -m sparse_nte.trial --serve`` process: a JSON trial spec per line
     on its stdin, a JSON :class:`Outcome` per line on its stdout; the trial's own output goes to
-    the trial's log. Started on first use and again after it died."""
+    the trial's log. Started on first use and again after it died; in a session of its own, so
+    a terminal's Ctrl-C reaches only the parent, which stops it with SIGTERM."""
 
     def __init__(self, env: Dict[str, str]):
         self.env = env
         self.proc: Optional[subprocess.Popen] = None
 
     def run(self, spec: TrialSpec, options: dict, log: Path) -> Outcome:
-        name, seed = spec.name, spec.seed
+        """The worker's answer for ``spec``; raises _Interrupted if the worker was stopped by
+        SIGINT or SIGTERM instead of answering."""
         t0 = time.perf_counter()
+        try:
+            make_folder(log.parent)
+        except ResultsError as exc:  # a file where the folder should be, no permission, ...
+            return _failed(spec, error_text(exc))
         if self.proc is None:
             self.proc = subprocess.Popen([sys.executable, "-m", "sparse_nte.trial", "--serve"],
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=self.env,
-                                         text=True, bufsize=1)
-        proc = self.proc  # close() may drop self.proc from another thread
-        log.parent.mkdir(parents=True, exist_ok=True)
-        offset = log.stat().st_size if log.exists() else 0
+                                         text=True, bufsize=1, start_new_session=True)
+        proc = self.proc  # stop() may drop self.proc from another thread
+        try:
+            offset = log.stat().st_size if log.exists() else 0
+        except OSError:
+            offset = 0
         try:
             proc.stdin.write(json.dumps({**spec.to_json(), "options": options, "log": str(log)}) + "\n")
             proc.stdin.flush()
@@ -327,6 +398,8 @@ class _Worker:
         code = proc.wait()
         if self.proc is proc:
             self.proc = None
+        if code in _INTERRUPTED:
+            raise _Interrupted(_INTERRUPTED[code])
         why = _last_error(log, offset)
         if code < 0:
             try:
@@ -336,29 +409,41 @@ class _Worker:
             why = f"worker killed by signal {sig}; last output: {why}"
         else:
             why = f"worker exited with status {code}; last output: {why}"
-        return Outcome(name, seed, "failed", f"{why} (log: {log})", seconds=time.perf_counter() - t0,
-                       folder=spec.folder)
+        return _failed(spec, f"{why} (log: {log})", time.perf_counter() - t0)
 
-    def close(self, force: bool = False) -> None:
-        if self.proc is None:
-            return
+    def stop(self, force: bool = False) -> Optional[subprocess.Popen]:
+        """Ask the worker to stop: at once with SIGTERM (``force``; it finishes the file it is
+        writing and exits, its trial resumes from its checkpoint next time), else when its queue
+        ends (stdin closed). Returns the process to :func:`_reap`."""
         proc, self.proc = self.proc, None
-        if force:
-            proc.terminate()  # interrupted: its trial resumes from its checkpoint next time
-        else:
-            try:
-                proc.stdin.close()
-            except OSError:
-                pass
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            if force:
+                proc.terminate()
+            else:
+                try:
+                    proc.stdin.close()
+                except OSError:
+                    pass
+        return proc
+
+
+def _reap(proc: Optional[subprocess.Popen], timeout: float = 30) -> None:
+    """Wait for a stopped worker; SIGKILL it if it takes longer than ``timeout`` seconds."""
+    if proc is None:
+        return
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def run_local(trials: Sequence[dict], options: TrialOptions, workers: int) -> List[Outcome]:
-    """Run the trials in ``workers`` parallel worker processes."""
+    """Run the trials in ``workers`` parallel worker processes.
+
+    Ctrl-C (KeyboardInterrupt) or SIGTERM (:class:`~sparse_nte.errors.Terminated`) in this
+    process, or a worker stopped by one of them, stops every worker and propagates; the progress
+    bar keeps the count of trials that really finished."""
     if workers < 1:
         raise ValueError(f"workers={workers}: must be >= 1")
     trials = _unique(trials)
@@ -369,6 +454,7 @@ def run_local(trials: Sequence[dict], options: TrialOptions, workers: int) -> Li
     queue = collections.deque(todo)
     lock = threading.Lock()
     stopping = threading.Event()
+    stopped_by: List[int] = []
     pool = [_Worker(env) for _ in range(min(workers, len(todo)))]
     bar = _progress_bar(len(trials), len(outcomes), options.progress)
 
@@ -379,38 +465,41 @@ def run_local(trials: Sequence[dict], options: TrialOptions, workers: int) -> Li
                     return
                 spec = queue.popleft()
             log = trial_log_path(options.results_dir, *_key(spec))
-            outcome = worker.run(spec, child_options, log)
+            try:
+                outcome = worker.run(spec, child_options, log)
+            except _Interrupted as exc:
+                stopped_by.append(exc.signum)
+                stopping.set()
+                return
             with lock:
+                if stopping.is_set():  # interrupted meanwhile: the run ends without a summary
+                    return
                 outcomes.append(outcome)
                 bar.update(1)
 
     drivers = [threading.Thread(target=drive, args=(w,), daemon=True) for w in pool]
     interrupted = False
-    previous_sigterm = None
-    if threading.current_thread() is threading.main_thread():
-        # `kill` or a batch scheduler's SIGTERM: stop the workers too, as Ctrl-C does
-        previous_sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
-        for t in drivers:
-            t.start()
-        for t in drivers:
-            while t.is_alive():
-                t.join(0.2)  # short waits keep Ctrl-C responsive
+        with terminate_raises():
+            for t in drivers:
+                t.start()
+            for t in drivers:
+                while t.is_alive():
+                    t.join(0.2)  # short waits keep Ctrl-C responsive
+            if stopped_by:
+                interrupted = True
+                if stopped_by[0] == signal.SIGINT:
+                    raise KeyboardInterrupt
+                raise Terminated(stopped_by[0])
     except BaseException:
         interrupted = True
         stopping.set()
         raise
     finally:
-        for w in pool:
-            w.close(force=interrupted)
+        for proc in [w.stop(force=interrupted) for w in pool]:
+            _reap(proc)
         bar.close()
-        if previous_sigterm is not None:
-            signal.signal(signal.SIGTERM, previous_sigterm)
     return _in_order(trials, outcomes)
-
-
-def _exit_on_sigterm(signum, frame) -> None:
-    raise SystemExit(128 + signum)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -421,8 +510,8 @@ def _ray_trial(spec_json: dict, options: dict) -> dict:
     of the trial itself comes back as a failed Outcome (deterministic: not retried); only a dead
     worker makes Ray retry."""
     opts = TrialOptions(**options)
-    spec = TrialSpec(spec_json["config"], spec_json["folder"])
-    outcome = _run_logged(spec, opts, echo=False)
+    spec = TrialSpec(spec_json["config"], spec_json["folder"], spec_json.get("variant") or {})
+    outcome = run_attempt(spec, opts, echo=False)
     return asdict(outcome)
 
 
@@ -475,7 +564,7 @@ def run_ray(trials: Sequence[dict], options: TrialOptions, address: str = "local
         try:
             ray.init(address=address, **kwargs)
         except ConnectionError as exc:  # e.g. --ray auto with no cluster running
-            raise UsageError(f"--ray {address}: {_error_line(exc)}") from None
+            raise UsageError(f"--ray {address}: {error_text(exc)}") from None
         started_here = True
     bar = _progress_bar(len(trials), len(outcomes), options.progress)
     try:
@@ -490,7 +579,7 @@ def run_ray(trials: Sequence[dict], options: TrialOptions, address: str = "local
                 outcomes.append(Outcome(**ray.get(ready[0])))
             except Exception as exc:  # the worker died more often than `retries`
                 cause = getattr(exc, "cause", None) or exc
-                why = _error_line(cause)
+                why = error_text(cause)
                 log = trial_log_path(opts["results_dir"], *_key(spec))
                 outcomes.append(Outcome(spec.name, spec.seed, "failed", f"{why} (log: {log})",
                                         folder=spec.folder))
@@ -514,14 +603,17 @@ def _scores(metrics: Dict[str, float]) -> str:
 
 
 def format_outcomes(outcomes: Sequence[Outcome]) -> str:
-    """The end-of-run summary: counts, then one line per trial, failures with their error."""
+    """The end-of-run summary: counts, then one line per trial, failures and divergences with
+    their whole message (continuation lines indented)."""
     counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "diverged", "failed")}
     lines = [f"trials: {counts['done']} done, {counts['skipped']} skipped (already finished), "
              f"{counts['failed']} failed" + (f", {counts['diverged']} diverged" if counts["diverged"] else "")]
     for o in outcomes:
         label = o.folder if o.folder else o.name
         if o.status in ("failed", "diverged"):
-            lines.append(f"  {o.status.upper()}  {label} seed {o.seed}: {o.error}")
+            first, *more = (o.error or "no message").splitlines()
+            lines.append(f"  {o.status.upper()}  {label} seed {o.seed}: {first}")
+            lines.extend(f"      {line}" for line in more)  # a long message is shown whole
         else:
             lines.append(f"  {o.status:7s} {label} seed {o.seed}: {_scores(o.metrics)}"
                          + (f" ({o.seconds:.0f}s)" if o.status == "done" else ""))
