@@ -60,6 +60,8 @@ def describe_differences(diff: Iterable[tuple[str, Any, Any]], limit: int = 6) -
 def _show(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
+    if isinstance(v, float):  # 1e+30 -> 1e30, 1e-05 -> 1e-5: the same float, safe in a folder name
+        return re.sub(r"e([+-]?)0*(\d)", lambda m: f"e{m.group(1).lstrip('+')}{m.group(2)}", repr(v))
     if v == "":
         return "(empty)"
     return "(absent)" if type(v) is object else str(v)

@@ -2,11 +2,19 @@
 
 Works on the plain result dicts (see :mod:`sparse_nte.results`), so it also works on pickles
 copied to a machine without torch.
+
+A result stands only for its configuration: the rows of a table are results folders (an
+experiment, ``<name>``, and each of its variants, ``<name>+<overrides>``), and a folder holding
+results of several configurations is split into one row per configuration, never pooled.
+Diverged trials are counted and listed with where they diverged, never averaged; their plots
+say DIVERGED in the title. Unreadable result files are named and skipped.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -16,7 +24,8 @@ from sparse_nte.errors import ResultsError
 from sparse_nte.identity import describe_differences, differences
 from sparse_nte.results import load_result
 
-__all__ = ["collect", "summary_table", "plot_result", "plot_experiment", "group_by_config"]
+__all__ = ["collect", "summary_table", "plot_result", "plot_experiment", "group_by_config",
+           "experiment_folders", "diverged_text"]
 
 SUMMARY_METRICS = ("avg_acc", "forgetting", "learning_acc", "bwt", "fwt")
 
@@ -43,6 +52,47 @@ def collect(results_dir: os.PathLike, exp: str, problems: Optional[List[str]] = 
                 raise
             problems.append(f"skipped {exc}")
     return out
+
+
+def experiment_folders(results_dir: os.PathLike, exp: str) -> List[str]:
+    """The results folders of ``exp`` that exist: the experiment's own and those of its variants
+    (``exp+...``, runs with ``--set`` overrides), in name order. A variant's folder name (it
+    contains ``+``) stands for itself alone."""
+    root = Path(results_dir)
+    if "+" in exp:
+        return [exp] if (root / exp).is_dir() else []
+    try:
+        variants = sorted(p.name for p in root.glob(f"{_glob_escape(exp)}+*") if p.is_dir())
+    except OSError:
+        variants = []
+    return ([exp] if (root / exp).is_dir() else []) + variants
+
+
+def _glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", text)
+
+
+def diverged_text(result: dict) -> str:
+    """``"DIVERGED at task 0, epoch 1, step 37: the training loss is nan"`` for a diverged
+    result, else ``""``."""
+    if result.get("status", "done") != "diverged":
+        return ""
+    d = result.get("diverged") or {}
+    if not d:
+        return "DIVERGED"
+    return f"DIVERGED at task {d.get('task')}, epoch {d.get('epoch')}, step {d.get('step')}: {d.get('reason')}"
+
+
+def _variant_note(results_dir: os.PathLike, folder: str) -> str:
+    """For a variant folder named by a hash, what its ``variant.json`` says it changes."""
+    if not re.fullmatch(r".+\+[0-9a-f]{10}", folder):
+        return ""
+    try:
+        info = json.loads((Path(results_dir) / folder / "variant.json").read_text())
+        changes = ", ".join(f"{k}={v}" for k, v in info["differs_in"].items())
+        return f"{folder}: {info['experiment']} with {changes}"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return ""
 
 
 def group_by_config(runs: Dict[int, dict]) -> List[Dict[int, dict]]:
@@ -95,7 +145,13 @@ def summary_table(results_dir: os.PathLike, exps: Sequence[str]) -> str:
             diverged = len(group) - len(done)
             cells = [_mean_std([r["metrics"].get(m, float("nan")) for r in done]) for m in SUMMARY_METRICS]
             minutes = np.mean([r.get("elapsed_s", float("nan")) for r in done]) / 60 if done else float("nan")
-            rows.append([label, str(len(done)), str(diverged)] + cells + [f"{minutes:.1f}"])
+            rows.append([label, str(len(done)), str(diverged)] + cells
+                        + [f"{minutes:.1f}" if minutes == minutes else "n/a"])
+            notes += [f"{label}: seed {seed} {diverged_text(r) or r.get('status')}"
+                      for seed, r in group.items() if r.get("status", "done") != "done"]
+        note = _variant_note(results_dir, exp)
+        if note:
+            notes.append(note)
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     out = [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
@@ -146,7 +202,10 @@ def plot_result(result: dict, out_png: os.PathLike, title: str = "") -> Path:
     ax1.legend(fontsize=7, ncol=2 if t > 6 else 1, loc="lower left")
     ax1.set_title("forgetting: accuracy on each task over time")
     m = result.get("metrics", {})
-    if title or m:
+    diverged = diverged_text(result)
+    if diverged:  # no scores: say what happened instead
+        fig.suptitle(f"{title}   {diverged}", color="firebrick", fontsize=10)
+    elif title or m:
         fig.suptitle(f"{title}   ACC {100 * m.get('avg_acc', float('nan')):.1f}%   "
                      f"BWT {100 * m.get('bwt', float('nan')):.1f}%   "
                      f"forgetting {100 * m.get('forgetting', float('nan')):.1f}%")
@@ -160,9 +219,19 @@ def plot_result(result: dict, out_png: os.PathLike, title: str = "") -> Path:
 
 def plot_experiment(results_dir: os.PathLike, exp: str,
                     problems: Optional[List[str]] = None) -> List[Path]:
-    """One PNG per finished seed, ``<results_dir>/<exp>/seed<k>.png`` (unreadable result files
-    are skipped and described in ``problems``)."""
+    """One PNG per result (finished or diverged), ``<results_dir>/<exp>/seed<k>.png``. Unreadable
+    result files, and figures that cannot be written, are skipped and described in ``problems``
+    (when given; else the first one raises ResultsError)."""
     paths = []
-    for seed, res in collect(results_dir, exp, [] if problems is None else problems).items():
-        paths.append(plot_result(res, Path(results_dir) / exp / f"seed{seed}.png", f"{exp} (seed {seed})"))
+    for seed, res in collect(results_dir, exp, problems).items():
+        png = Path(results_dir) / exp / f"seed{seed}.png"
+        try:
+            paths.append(plot_result(res, png, f"{exp} (seed {seed})"))
+        except OSError as exc:
+            from sparse_nte.results import os_error_text
+
+            error = ResultsError(f"cannot write the figure {png}: {os_error_text(exc)}")
+            if problems is None:
+                raise error from None
+            problems.append(f"skipped {error}")
     return paths
