@@ -1,7 +1,20 @@
 """``python run_exps.py``: run named experiments of ``exps/exps_params.cfg``.
 
-Exit status: 0 on success, 2 on a configuration or usage error (one readable message, no
-traceback), 1 if any trial failed.
+Exit status (the README's "Exit status and trial status"):
+
+- 0: every trial asked for is done (ran now) or skipped (its result already existed);
+  ``--summary``/``--list``/``--dry-run`` succeeded.
+- 1: a trial failed or diverged (the others still ran; the summary on stderr says which and
+  why), or ``--summary`` found no results for an experiment, or the results folder could not be
+  used at all.
+- 2: a configuration or usage error, reported before any trial runs (``--device cuda`` on a
+  machine without CUDA is one).
+- 130: interrupted by Ctrl-C; 143: terminated by SIGTERM (``kill``, a batch scheduler). Finished
+  trials are kept; interrupted ones resume from their last checkpoint when the same command runs
+  again.
+
+Every error the toolkit understands is one message without a traceback; a traceback on the
+terminal means a bug.
 """
 from __future__ import annotations
 
@@ -12,8 +25,9 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from sparse_nte.config import ConfigError, list_experiments, load_config, parse_overrides
-from sparse_nte.errors import UsageError
+from sparse_nte.errors import Terminated, TrialError, UsageError
 from sparse_nte.identity import folder_name, variant
+from sparse_nte.interrupts import exit_status, signal_name, terminate_raises
 from sparse_nte.sweep import TrialSpec
 
 DEFAULT_CFG = Path("exps") / "exps_params.cfg"
@@ -84,7 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="ignore checkpoints of interrupted trials and start them again")
     mode.add_argument("--overwrite", action="store_true",
                       help="run again trials whose results exist (default: skip them)")
-    how.add_argument("--no-progress", action="store_true", help="no progress bars")
+    bars = how.add_mutually_exclusive_group()
+    bars.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                      help="no progress bars")
+    bars.add_argument("--progress", dest="progress", action="store_true",
+                      help="progress bars even when stderr is not a terminal (by default they are "
+                           "drawn only on a terminal, never into a redirected file)")
     scale = p.add_argument_group("sweeps")
     scale.add_argument("--workers", type=int, default=1, metavar="N",
                        help="run trials in N parallel local processes (default: 1, in this process)")
@@ -102,12 +121,57 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _config_path(args) -> Path:
     if args.config:
-        path = Path(args.config)
-    else:
-        path = DEFAULT_CFG if DEFAULT_CFG.exists() else Path(__file__).resolve().parent.parent / DEFAULT_CFG
+        path = Path(args.config).expanduser()
+        if path.is_dir():
+            raise UsageError(f"--config {args.config}: is a folder; give the experiment file (INI)")
+        if not path.exists():
+            raise UsageError(f"--config {args.config}: file not found")
+        return path
+    shipped = Path(__file__).resolve().parent.parent / DEFAULT_CFG
+    path = DEFAULT_CFG if DEFAULT_CFG.exists() else shipped
     if not path.exists():
-        raise UsageError(f"config file {path} not found (pass --config FILE)")
+        raise UsageError(f"no experiment file: neither {DEFAULT_CFG} (in the current folder) nor "
+                         f"{shipped} exists; pass --config FILE")
     return path
+
+
+def check_device(text: str, *, available_here: bool = True) -> str:
+    """``text`` if it names a torch device (``cpu``, ``cuda``, ``cuda:1``, ``mps``) that this
+    machine has, else a UsageError saying why. With ``available_here=False`` (trials run on
+    other machines, e.g. a Ray cluster) only the spelling is checked."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {text}: not a torch device; valid: cpu, cuda, cuda:N, mps "
+                         f"(N: the GPU's index)") from None
+    if not available_here or device.type == "cpu":
+        return text
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise UsageError(f"--device {text}: CUDA is not available on this machine (torch "
+                             f"{torch.__version__}, {build}); use --device cpu, or install a CUDA "
+                             f"build of torch on a machine with an NVIDIA GPU")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise UsageError(f"--device {text}: this machine has {count} CUDA device(s), "
+                             f"cuda:0..cuda:{count - 1}")
+        return text
+    backend = getattr(torch.backends, device.type, None) or getattr(torch, device.type, None)
+    is_available = getattr(backend, "is_available", None)
+    if is_available is None or not is_available():
+        raise UsageError(f"--device {text}: {device.type} is not available on this machine; use "
+                         f"--device cpu")
+    return text
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def resolve_trials(args) -> List[TrialSpec]:
@@ -123,10 +187,11 @@ def resolve_trials(args) -> List[TrialSpec]:
     trials = []
     for name in args.name:
         cfg = load_config(path, name, overrides)
-        folder = folder_name(name, variant(load_config(path, name), cfg))
+        changed = variant(load_config(path, name), cfg)
+        folder = folder_name(name, changed)
         for seed in seeds_asked or [cfg.seed]:
             one = cfg if seed == cfg.seed else load_config(path, name, {**overrides, "seed": str(seed)})
-            trials.append(TrialSpec(one, folder))
+            trials.append(TrialSpec(one, folder, changed))
     return trials
 
 
@@ -146,18 +211,65 @@ def _print_trial(spec: TrialSpec, results_dir: str, overwrite: bool, resume: boo
             print(f"  {k.ljust(width)} = {v}")
 
 
+class _NoResults(Exception):
+    """``--summary`` found nothing for an experiment (exit status 1)."""
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return _main(args)
+        with terminate_raises():
+            return _main(args)
     except (ConfigError, UsageError) as exc:
         print(f"run_exps.py: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("run_exps.py: interrupted; finished trials are saved, and running the same command "
-              "again resumes the others from their last checkpoint", file=sys.stderr)
-        return 130
+    except (TrialError, _NoResults) as exc:
+        print(f"run_exps.py: error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # e.g. `run_exps.py --dry-run | head`: the reader has gone
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except (KeyboardInterrupt, Terminated) as exc:
+        why = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"terminated by {signal_name(exc.signum)}"
+        print(f"run_exps.py: {why}; finished trials are saved, and running the same command "
+              f"again resumes the others from their last checkpoint", file=sys.stderr)
+        return exit_status(exc)
+
+
+def _summary(results_dir: str, exps: Sequence[str]) -> int:
+    """``--summary``: the table of every folder of the experiments named (each experiment's own
+    and its variants'); an experiment without any results is an error (exit status 1) naming
+    the folder searched."""
+    from sparse_nte import report
+
+    folders, missing = [], []
+    for exp in exps:
+        found = [f for f in report.experiment_folders(results_dir, exp)
+                 if any(Path(results_dir, f).glob("seed*.pkl"))]
+        if not found:
+            missing.append(exp)
+        folders += [f for f in found if f not in folders]
+    if folders:  # unreadable files are named below the table
+        print(report.summary_table(results_dir, folders))
+    if missing:
+        where = Path(results_dir)
+        raise _NoResults("; ".join(f"no results for {exp} in {where}" for exp in missing)
+                         + ("" if where.is_dir() else f" ({where} is not a folder)" if where.exists()
+                            else f" ({where} does not exist)"))
+    return 0
+
+
+def _plot(results_dir: str, folders: Sequence[str]) -> None:
+    from sparse_nte import report
+
+    for folder in folders:
+        problems: List[str] = []
+        for png in report.plot_experiment(results_dir, folder, problems):
+            print(f"plot: {png}")
+        for problem in problems:
+            print(f"run_exps.py: plot: {problem}", file=sys.stderr)
 
 
 def _main(args) -> int:
@@ -168,8 +280,7 @@ def _main(args) -> int:
             print(f"{name:24s} {desc}")
         return 0
     if args.summary:
-        print(report.summary_table(args.results_dir, args.summary))
-        return 0
+        return _summary(args.results_dir, args.summary)
     if not args.name:
         raise UsageError("nothing to do: give --name EXP (see --list), --summary EXP... or --list")
     if args.workers < 1:
@@ -178,7 +289,11 @@ def _main(args) -> int:
         raise UsageError(f"--threads {args.threads}: must be >= 1")
     if args.ray is not None and args.workers != 1:
         raise UsageError("--ray and --workers are alternatives: Ray decides the parallelism")
+    results = Path(args.results_dir).expanduser()
+    if results.exists() and not results.is_dir():
+        raise UsageError(f"--results-dir {args.results_dir}: is a file, not a folder")
     trials = resolve_trials(args)
+    check_device(args.device, available_here=args.ray is None)
     if args.dry_run:
         for spec in trials:
             _print_trial(spec, args.results_dir, args.overwrite, args.resume)
@@ -188,7 +303,8 @@ def _main(args) -> int:
 
     options = sweep.TrialOptions(results_dir=str(args.results_dir), device=args.device,
                                  overwrite=args.overwrite, resume=args.resume,
-                                 progress=not args.no_progress, threads=args.threads)
+                                 progress=_stderr_is_terminal() if args.progress is None else args.progress,
+                                 threads=args.threads)
     if args.ray is not None:
         outcomes = sweep.run_ray(trials, options, address=args.ray, cpus_per_trial=args.cpus_per_trial,
                                  gpus_per_trial=args.gpus_per_trial, retries=args.retries)
@@ -200,9 +316,7 @@ def _main(args) -> int:
     failed = [o for o in outcomes if o.status in ("failed", "diverged")]
     folders = list(dict.fromkeys(spec.folder for spec in trials))
     if args.plot:
-        for folder in folders:
-            for png in report.plot_experiment(args.results_dir, folder):
-                print(f"plot: {png}")
+        _plot(args.results_dir, folders)
     if len(trials) > 1:
         print(report.summary_table(args.results_dir, folders))
     return 1 if failed else 0
