@@ -32,30 +32,35 @@ from sparse_nte.sweep import TrialSpec
 
 DEFAULT_CFG = Path("exps") / "exps_params.cfg"
 MAX_SEED = 2**32 - 1
+#: More seeds than this in one command is a typo (``0-100000``), not a study.
+MAX_SEEDS = 10_000
 
 
 def parse_seeds(text: str) -> List[int]:
-    """``"0,1,2"``, ``"0-4"`` or a mix (``"0-2,7"``) -> sorted unique seeds."""
-    seeds = set()
+    """``"0,1,2"``, ``"0-4"`` or a mix (``"0-2,7"``) -> sorted unique seeds, each in
+    0..MAX_SEED, at most MAX_SEEDS of them (bounds are checked before a range is expanded)."""
+    ranges = []
     for part in text.split(","):
         part = part.strip()
         if not part:
             continue
         try:
-            if "-" in part:
+            if "-" in part[1:]:
                 lo, hi = (int(v) for v in part.split("-", 1))
                 if hi < lo:
                     raise ValueError
-                seeds.update(range(lo, hi + 1))
             else:
-                seeds.add(int(part))
+                lo = hi = int(part)
         except ValueError:
             raise UsageError(f"--seeds {text!r}: expected integers like 0,1,2 or a range 0-4") from None
-    if not seeds or min(seeds) < 0:
+        if lo < 0 or hi > MAX_SEED:
+            raise UsageError(f"--seeds {text!r}: seeds must lie in 0..{MAX_SEED}")
+        ranges.append((lo, hi))
+    if not ranges:
         raise UsageError(f"--seeds {text!r}: give at least one non-negative seed")
-    if max(seeds) > MAX_SEED:
-        raise UsageError(f"--seeds {text!r}: seeds must lie in 0..{MAX_SEED}")
-    return sorted(seeds)
+    if sum(hi - lo + 1 for lo, hi in ranges) > MAX_SEEDS:
+        raise UsageError(f"--seeds {text!r}: more than {MAX_SEEDS} seeds in one command")
+    return sorted({s for lo, hi in ranges for s in range(lo, hi + 1)})
 
 
 def build_parser() -> argparse.ArgumentParser:
