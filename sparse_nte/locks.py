@@ -73,8 +73,8 @@ class TrialLock:
                     os.close(fd)
                     raise TrialBusyError(
                         f"{what} is being run by another process ({lock_holder(path)}, lock file "
-                        f"{path}); let it finish (this command then skips the trial), or stop "
-                        f"that process") from None
+                        f"{path}); let it finish (the same command run again then skips the "
+                        f"trial), or stop that process") from None
                 except OSError as exc:
                     os.close(fd)
                     raise ResultsError(f"cannot lock {path}: {_os_text(exc)}; the results folder's "

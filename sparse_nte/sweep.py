@@ -471,6 +471,8 @@ def run_local(trials: Sequence[dict], options: TrialOptions, workers: int) -> Li
                 stopped_by.append(exc.signum)
                 stopping.set()
                 return
+            except Exception as exc:  # e.g. a garbled answer: fail this trial, not the thread
+                outcome = _failed(spec, f"no answer from the worker ({error_text(exc)}) (log: {log})")
             with lock:
                 if stopping.is_set():  # interrupted meanwhile: the run ends without a summary
                     return

@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import gzip
 import hashlib
+import json
 import math
 import os
 import pickle
@@ -948,3 +949,57 @@ def test_results_folder_faults_with_workers_stay_in_their_trials(world, results)
     assert_clean(done.stdout, done.stderr)
     assert (results / "C").read_text() == "my notes"
     assert_kept(results, world.hashes)
+
+
+def test_variant_folder_named_by_a_hash_says_what_it_changes(capfd, world, results):
+    overrides = {"hidden_units": 17, "train_subset": 150, "mb_size": 25, "lr": 0.07,
+                 "weight_decay": 0.0001, "momentum": 0.5, "train_ep": 2}
+    argv = [a for k, v in overrides.items() for a in ("--set", f"{k}={v}")]
+    code, out, err = run(capfd, world, results, "--name", "A", *argv)
+    assert code == 0
+    (folder,) = [p for p in results.iterdir() if p.name.startswith("A+")]
+    assert re.fullmatch(r"A\+[0-9a-f]{10}", folder.name)  # too long to spell out
+    info = json.loads((folder / "variant.json").read_text())
+    assert info == {"experiment": "A", "differs_in": {k: overrides[k] for k in info["differs_in"]}}
+    assert set(info["differs_in"]) == set(overrides)
+    code, out, err = main(capfd, "--summary", "A", "--results-dir", results)
+    assert code == 0 and re.search(rf"^\| {re.escape(folder.name)} +\| 1 ", out, re.M)
+    assert f"{folder.name}: A with " in out and "hidden_units=17" in out
+
+
+# =============================================================================================
+# The building blocks of the above: signals deferred during a write, lock files
+# =============================================================================================
+def test_sigterm_during_a_write_takes_effect_after_the_rename(tmp_path):
+    from sparse_nte.errors import Terminated
+    from sparse_nte.interrupts import deferred, terminate_raises
+    from sparse_nte.results import atomic_write_bytes
+
+    target = tmp_path / "r" / "seed0.pkl"
+    with pytest.raises(Terminated) as caught, terminate_raises():
+        with deferred():
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives mid-"write"
+            time.sleep(0.05)                      # a handler would have run by now
+            atomic_write_bytes(target, b"whole")  # nested: deferred to the outer block
+            written = target.read_bytes()
+    assert caught.value.signum == signal.SIGTERM and written == b"whole"
+    assert os.listdir(target.parent) == ["seed0.pkl"]
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored
+
+
+def test_lock_file_left_by_a_dead_process_is_taken_over(tmp_path):
+    from sparse_nte.errors import TrialBusyError
+
+    path = tmp_path / "seed0.lock"
+    path.write_text("999999 elsewhere\n")  # what kill -9 leaves: the file, no lock
+    lock = TrialLock.acquire(path, "A seed 0")
+    assert path.read_text() == f"{os.getpid()} {os.uname().nodename}\n"
+    with pytest.raises(TrialBusyError, match=rf"A seed 0 is being run by another process \(pid "
+                                             rf"{os.getpid()} on host .*, lock file {re.escape(str(path))}\)"):
+        TrialLock.acquire(path, "A seed 0")  # flock: another open file of this process conflicts too
+    lock.release()
+    assert not path.exists()
+    lock.release()  # idempotent
+    with TrialLock.acquire(path):
+        assert path.exists()
+    assert not path.exists()
