@@ -14,6 +14,8 @@ Sections (each its own script, run in a subprocess with the thread count pinned 
     sparse    bench/bench_sparse.py    sparse vs masked-dense k-WTA MLP training step at 2, 5,
                                        10, 20% connectivity (its "mlp" section)
     data      bench/bench_data.py      data pipeline: one epoch of batches / one SGD epoch
+    fisher    bench/bench_fisher.py    EWC's diagonal Fisher: per-example loop / ours, vmap / ours,
+                                       ours / GEMM bound (784-1000-1000-10 MLP)
 
 Every figure is a ratio of times (or memory) measured within one run of its script. The
 figures of the other scripts are read from their output lines with the patterns in
@@ -94,6 +96,12 @@ SECTIONS: Dict[str, Section] = {
                     rf"^epoch {re.escape(label)} task \d+ \(\d+ examples\): [0-9.]+ s = "
                     rf"(?P<v>[0-9.]+) % of an SGD epoch", unit="%")
             for label in _DATA_LABELS)),
+    "fisher": Section(
+        "bench_fisher.py", quick_args=("--examples", "256", "--loop-examples", "32", "--repeats", "1"),
+        takes_threads=False,
+        patterns=(Pattern("fisher_loop_over_ours", r"^loop / ours: (?P<v>[0-9.]+)x"),
+                  Pattern("fisher_vmap_over_ours", r"^vmap / ours: (?P<v>[0-9.]+)x"),
+                  Pattern("fisher_over_gemm_bound", r"^ours / GEMM bound: (?P<v>[0-9.]+)x"))),
 }
 
 
