@@ -20,7 +20,8 @@ c' = c + sum_i (A_i F_i / A'_i) (mu_i - theta*_i)^2 (the combination of two quad
 cancellation). Penalty and gradient, lambda A (theta - mu), are those of (1).
 
 Fisher: ``ewc_fisher`` = true (labels sampled from the model, the default) or empirical;
-``ewc_fisher_examples`` examples of the task (0 = all), a subset drawn from
+at most ``ewc_fisher_examples`` examples of the task's training set (0 = all; in cumulative
+scenarios that set is the union of tasks 0..k), a subset drawn from
 ``SeedSequence(seed, spawn_key=(TAG, task))``. Masked weights get F = 0.
 """
 from __future__ import annotations
