@@ -16,6 +16,8 @@ Sections (each its own script, run in a subprocess with the thread count pinned 
     data      bench/bench_data.py      data pipeline: one epoch of batches / one SGD epoch
     selection bench/bench_selection.py data selection's calls in one epoch (N = 60000) / one
                                        SGD epoch of the 1x1000 MLP (full and pruned epochs)
+    fisher    bench/bench_fisher.py    EWC's diagonal Fisher: per-example loop / ours, vmap / ours,
+                                       ours / GEMM bound (784-1000-1000-10 MLP)
 
 Every figure is a ratio of times (or memory) measured within one run of its script. The
 figures of the other scripts are read from their output lines with the patterns in
@@ -105,6 +107,12 @@ SECTIONS: Dict[str, Section] = {
             for kind, methods in (("full", ("epsilon_greedy", "ucb")),
                                   ("pruned", ("uniform", "epsilon_greedy", "ucb")))
             for method in methods)),
+    "fisher": Section(
+        "bench_fisher.py", quick_args=("--examples", "256", "--loop-examples", "32", "--repeats", "1"),
+        takes_threads=False,
+        patterns=(Pattern("fisher_loop_over_ours", r"^loop / ours: (?P<v>[0-9.]+)x"),
+                  Pattern("fisher_vmap_over_ours", r"^vmap / ours: (?P<v>[0-9.]+)x"),
+                  Pattern("fisher_over_gemm_bound", r"^ours / GEMM bound: (?P<v>[0-9.]+)x"))),
 }
 
 

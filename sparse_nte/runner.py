@@ -145,7 +145,10 @@ def _train_task(learner: Learner, ctx: TaskContext, progress: bool) -> Dict[str,
         why = (f"parameter {bad} is not finite" if bad is not None else learner.rule.unhealthy())
         if why is not None:
             raise DivergedError(why, task=ctx.task, epoch=epoch, step=learner.step - 1)
-    learner.on_task_end(ctx)
+    try:
+        learner.on_task_end(ctx)   # consolidation (e.g. EWC's Fisher) reads the network's outputs
+    except FloatingPointError as exc:
+        raise DivergedError(str(exc), task=ctx.task, epoch=ctx.epochs - 1, step=learner.step - 1) from None
     return {"train_loss_last_epoch": float(np.mean(last_epoch)) if last_epoch else float("nan")}
 
 

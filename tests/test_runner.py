@@ -67,6 +67,22 @@ data_prune_start = 1
 train_ep = 3
 train_ep_inc = 2
 
+[tiny_ewc_replay]
+description = EWC and replay on a sparse Dale network
+strategy = ewc, replay
+replay_buffer = 100
+replay_batch = 16
+weight_sparsity_fc = 0.5
+dale = True
+
+[tiny_nte_si_lwf_task]
+description = NTE with SI and LwF, split task-incremental (several heads)
+mnist_mode = split
+num_batch = 5
+optimizer = nte
+sparsify = False
+strategy = si, lwf
+
 [tiny_cifar]
 description = iCIFAR-10 on a CNN
 dataset = cifar10
@@ -142,7 +158,8 @@ class Crash(Exception):
     pass
 
 
-@pytest.mark.parametrize("name", ["tiny", "tiny_nte_rigl", "tiny_ucb"])
+@pytest.mark.parametrize("name", ["tiny", "tiny_nte_rigl", "tiny_ucb", "tiny_ewc_replay",
+                                  "tiny_nte_si_lwf_task"])
 def test_resume_after_crash_gives_identical_results(tmp_path, cfg_file, name):
     cfg = config(cfg_file, name)
     full = run_trial(cfg, tmp_path / "full", progress=False, log=lambda m: None)
@@ -335,3 +352,13 @@ def test_data_pruning_trains_on_the_kept_rows_and_records_the_selection(tmp_path
     sel = per_task[0]["selection"]
     assert sel["selector"] == "ucb" and sel["kept_fraction"] == [1.0, 0.5, 0.5]   # per epoch
     assert res["metrics"]["avg_acc"] > 0.2
+
+
+@pytest.mark.parametrize("name", ["tiny_ewc_replay", "tiny_nte_si_lwf_task"])
+def test_strategies_run_in_the_runner_with_their_stats_and_no_violations(tmp_path, cfg_file, name):
+    res = run_trial(config(cfg_file, name), tmp_path, progress=False, log=lambda m: None)
+    last = res["stats"]["per_task"][-1]
+    assert set(last["strategy"]) == set(res["config"]["strategy"].split(", "))
+    assert all(s["memory_bytes"] > 0 for s in last["strategy"].values())
+    assert last["sign_violations"] == 0 and last["mask_violations"] == 0
+    assert np.isfinite(res["metrics"]["avg_acc"])
