@@ -193,8 +193,10 @@ def metrics_figure(results: StudyResults, metrics: Sequence[Tuple[str, str]] = (
             offsets = np.linspace(-0.15, 0.15, len(vals)) if len(vals) > 1 else np.zeros(len(vals))
             ax.scatter(k + offsets, vals, s=16, color=color_of(k), zorder=3)
             if s.n:
-                ax.errorbar([k + 0.3], [100 * s.mean], yerr=[0 if s.n < 2 else 100 * s.sd], fmt="s",
-                            ms=5, color=color_of(k), capsize=3)
+                sd = 0.0 if s.n < 2 else 100 * s.sd
+                ax.errorbar([k + 0.3], [100 * s.mean], yerr=[sd], fmt="s", ms=5, color=color_of(k),
+                            capsize=3)
+                shown.extend([100 * s.mean - sd, 100 * s.mean + sd])
             shown.extend(vals.tolist())
         ax.set_xticks(range(n))
         ax.set_xticklabels([e.experiment for e in results.experiments], rotation=25, ha="right",

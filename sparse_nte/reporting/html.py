@@ -49,6 +49,8 @@ tr.differs td, tr.differs th { background: var(--hl); }
 figure { margin: .8em 0 1.4em; } figure svg { max-width: 100%; height: auto; display: block; }
 .matrices { display: flex; flex-wrap: wrap; gap: 1.5em; } table.matrix td { text-align: center; min-width: 3.2em; border: 1px solid #fff; }
 table.matrix th { text-align: center; } .scroll { overflow-x: auto; }
+td.exp { white-space: nowrap; } code.folder { font-size: .82em; color: var(--muted); white-space: normal; word-break: break-all; }
+details > summary { cursor: pointer; color: var(--muted); margin: .4em 0; }
 """
 
 
@@ -107,7 +109,7 @@ def _exp_label(k: int, e: ExperimentRecords) -> str:
 def _summary(results: StudyResults) -> str:
     rows = []
     for k, e in enumerate(results.experiments):
-        cells = [f"<td>{_exp_label(k, e)}</td>", f"<td><code>{_e(e.folder)}</code></td>",
+        cells = [f'<td class="exp">{_exp_label(k, e)}<br><code class="folder">{_e(e.folder)}</code></td>',
                  f'<td class="num" data-count="n">{len(e.done())}</td>',
                  f'<td class="num" data-count="diverged">{e.count("diverged")}</td>',
                  f'<td class="num" data-count="other">{len(e.trials) - len(e.done()) - e.count("diverged")}</td>']
@@ -119,9 +121,9 @@ def _summary(results: StudyResults) -> str:
         minutes = tables.summarise([float(t.result.get("elapsed_s", float("nan"))) for t in done])[0] / 60
         cells.append(f'<td class="num">{"n/a" if not math.isfinite(minutes) else f"{minutes:.1f}"}</td>')
         rows.append(f'<tr data-exp="{_attr(e.experiment)}">' + "".join(cells) + "</tr>")
-    head = ["experiment", "results folder", "n", "diverged", "other",
+    head = ["experiment (results folder)", "n", "diverged", "other",
             *[lab for _, lab, _ in tables.METRICS], "min/trial"]
-    return _table(head, rows, "summary", num_from=2)
+    return _table(head, rows, "summary", num_from=1)
 
 
 def _trials(results: StudyResults) -> str:
@@ -129,7 +131,7 @@ def _trials(results: StudyResults) -> str:
     for k, e in enumerate(results.experiments):
         for t in e.trials:
             m = t.metrics
-            cells = [f"<td>{_exp_label(k, e)}</td>", f'<td class="num">{t.seed}</td>',
+            cells = [f'<td class="exp">{_exp_label(k, e)}</td>', f'<td class="num">{t.seed}</td>',
                      f"<td>{_status(t.status)}</td>"]
             for key, _, _ in tables.METRICS:
                 v = m.get(key, float("nan"))
@@ -221,14 +223,19 @@ def _configs(results: StudyResults) -> str:
     rows = tables.config_rows(results)
     differing = [k for k, _, d in rows if d]
     head = ["key", *[e.experiment for e in results.experiments]]
-    trs = []
-    for key, values, differs in rows:
+
+    def tr(key: str, values: Sequence[Any], differs: bool) -> str:
         cells = "".join(f"<td>{_e(_show(v))}</td>" for v in values)
-        trs.append(f'<tr class="{"differs" if differs else "same"}" data-key="{key}"><th><code>{key}</code></th>{cells}</tr>')
+        return (f'<tr class="{"differs" if differs else "same"}" data-key="{key}"><th><code>{key}</code>'
+                f"</th>{cells}</tr>")
+
     desc = "".join(f"<li>{_exp_label(k, e)}: {_e(_describe(e))}; overrides: {_e(overrides_text(e.variant))}</li>"
                    for k, e in enumerate(results.experiments))
     return (f"<ul>{desc}</ul><p>Keys that differ (highlighted): "
-            f"{', '.join(f'<code>{k}</code>' for k in differing) or 'none'}.</p>" + _table(head, trs, "configs"))
+            f"{', '.join(f'<code>{k}</code>' for k in differing) or 'none'}.</p>"
+            + _table(head, [tr(*r) for r in rows if r[2]], "configs differing")
+            + f"<details><summary>All {len(rows)} keys, side by side</summary>"
+            + _table(head, [tr(*r) for r in rows], "configs all") + "</details>")
 
 
 def _describe(e: ExperimentRecords) -> str:
