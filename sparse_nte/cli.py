@@ -232,7 +232,7 @@ def _main(args) -> int:
             for name, question, exps in studies:
                 print(f"{name:24s} {question}{' ' if question else ''}[{', '.join(exps)}]")
         return 0
-    if args.summary is not None and not args.study:
+    if args.summary and not args.study:
         if args.format == "markdown":
             print(report.summary_table(args.results_dir, args.summary))
         else:
