@@ -104,6 +104,7 @@ def make_result(config: dict, seed: int, status: str = "done") -> dict:
 
 def write_case(root: Path):
     """Write the experiment file and the results; returns (config path, results dir, study)."""
+    root.mkdir(parents=True, exist_ok=True)
     cfg = root / "exps.cfg"
     cfg.write_text(CFG)
     results = root / "results"

@@ -96,8 +96,10 @@ def matrix_cell(value: float, lo: float, hi: float) -> str:
     return f'<td style="background:{bg};color:{fg}" data-value="{_attr(value)}">{v:.1f}</td>'
 
 
-def _table(head: Sequence[str], rows: Iterable[str], cls: str = "", num_from: int = 99) -> str:
-    ths = "".join(f'<th{" class=num" if i >= num_from else ""}>{_e(h)}</th>' for i, h in enumerate(head))
+def _table(head: Sequence[str], rows: Iterable[str], cls: str = "", num: Iterable[int] = ()) -> str:
+    """A table; the header cells of the columns ``num`` are right-aligned like their numbers."""
+    num = set(num)
+    ths = "".join(f'<th{" class=num" if i in num else ""}>{_e(h)}</th>' for i, h in enumerate(head))
     return (f'<div class="scroll"><table class="{cls}"><thead><tr>{ths}</tr></thead><tbody>'
             + "".join(rows) + "</tbody></table></div>")
 
@@ -123,7 +125,7 @@ def _summary(results: StudyResults) -> str:
         rows.append(f'<tr data-exp="{_attr(e.experiment)}">' + "".join(cells) + "</tr>")
     head = ["experiment (results folder)", "n", "diverged", "other",
             *[lab for _, lab, _ in tables.METRICS], "min/trial"]
-    return _table(head, rows, "summary", num_from=1)
+    return _table(head, rows, "summary", num=range(1, len(head)))
 
 
 def _trials(results: StudyResults) -> str:
@@ -140,7 +142,7 @@ def _trials(results: StudyResults) -> str:
             cells.append(f'<td class="note">{_e(t.note)}</td>')
             rows.append(f'<tr data-status="{_attr(t.status)}">' + "".join(cells) + "</tr>")
     head = ["experiment", "seed", "status", *[lab for _, lab, _ in tables.METRICS], "note"]
-    return _table(head, rows, "trials", num_from=1)
+    return _table(head, rows, "trials", num=[1, *range(3, len(head) - 1)])
 
 
 def _matrices(results: StudyResults) -> str:
@@ -182,14 +184,14 @@ def _layers(results: StudyResults) -> str:
                 f'<td class="num" data-violations="mask">{r["mask_violations"]}</td>'
                 f'<td class="num" data-violations="sign">{r["sign_violations"]}</td></tr>' for r in wl]
         out.append(_table(["weight layer", "shape", "density", "mask density", "E fraction", "dead",
-                           "mask violations", "sign violations"], rows, "layers", num_from=2))
+                           "mask violations", "sign violations"], rows, "layers", num=range(2, 8)))
         act = tables.activity_rows(e)
         if act:
             rows = [f'<tr><td><code>{_e(a["layer"])}</code></td><td class="num">{pct(a["active_mean"])}</td>'
                     f'<td class="num">{" ".join(pct(v, 1) for v in a["active_per_task"])}</td>'
                     f'<td class="num">{_num(a["entropy_ratio"])}</td></tr>' for a in act]
             out.append(_table(["hidden layer", "active units (%)", "per seen task (%)",
-                               "duty-cycle entropy / max"], rows, "activity", num_from=1))
+                               "duty-cycle entropy / max"], rows, "activity", num=range(1, 4)))
     out.append("<p class=note>Density, mask density, E fraction (excitatory presynaptic units) and dead "
                "synapses: mean over done trials after their last task. Violation counts: the largest over "
                "every task of every trial with a result (diverged ones included); they must be 0. Active "
@@ -211,7 +213,7 @@ def _nte(results: StudyResults) -> str:
                 for r in rows]
         out.append(f"<h3>{_exp_label(k, e)}</h3>" + _table(
             ["seed", "status", "guard count after each task (cumulative)", "dead experts", "live experts"],
-            body, "nte", num_from=2))
+            body, "nte", num=[0, 2, 3, 4]))
     if not out:
         return ""
     return ("<h2 id=nte>NTE guard counts</h2><p class=note>Likelihood terms clamped by the NTE guard "
