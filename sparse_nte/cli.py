@@ -228,7 +228,7 @@ def _main(args) -> int:
             print(f"{name:24s} {desc}")
         studies = list_studies(path)
         if studies:
-            print("\nstudies (run_exps.py --study NAME):")
+            print("studies (run_exps.py --study NAME):")
             for name, question, exps in studies:
                 print(f"{name:24s} {question}{' ' if question else ''}[{', '.join(exps)}]")
         return 0

@@ -70,6 +70,10 @@ def _stats(tasks: int, rng: np.random.Generator, dale: bool, nte: bool) -> dict:
                  "kwinners": {"blocks.0.activation": {"entropy": 3.5, "max_entropy": 4.0, "n": 16,
                                                       "k": 4, "winners": 4}},
                  "activity": {"blocks.0": {"active_fraction": rng.uniform(0.2, 0.3, i + 1),
+                                           "active_fraction_exc": (rng.uniform(0.1, 0.2, i + 1) if dale
+                                                                   else np.full(i + 1, np.nan)),
+                                           "active_fraction_inh": (rng.uniform(0.3, 0.4, i + 1) if dale
+                                                                   else np.full(i + 1, np.nan)),
                                            "unit_active_fraction": rng.uniform(0, 1, (i + 1, 16)),
                                            "overlap": np.eye(i + 1)}}}
         if nte:

@@ -210,8 +210,12 @@ def test_report_shows_statuses_matrices_layers_guards_and_differing_keys(case, p
     for i in range(3):
         for j in range(3):
             assert (pytest.approx(mean[i, j], rel=1e-12), f"{100 * mean[i, j]:.1f}") in cells
-    # Dale's E fraction and guard counts of beta's done trial
+    # Dale's E fraction, activity of E and I units, and guard counts of beta's done trial
     assert "0.812" in text
+    act = _stored(results, study, "beta", 0)["stats"]["per_task"][-1]["activity"]["blocks.0"]
+    e_i = f"{100 * act['active_fraction_exc'].mean():.2f} / {100 * act['active_fraction_inh'].mean():.2f}"
+    assert e_i in [txt for t, _, txt in p.cells if t == "td"]
+    assert "n/a / n/a" in [txt for t, _, txt in p.cells if t == "td"]      # alpha: no Dale's law
     guards = [int(a["data-guard"]) for t, a, _ in p.cells if "data-guard" in a]
     beta0 = _stored(results, study, "beta", 0)["stats"]["per_task"][-1]["nte_guard_count"]
     beta1 = _stored(results, study, "beta", 1)["stats"]["per_task"][-1]["nte_guard_count"]
@@ -342,3 +346,24 @@ def test_plot_result_keeps_its_signature_and_plot_experiment_reads_overrides_fro
     assert report.overrides_of_folder("x") == {}
     (png,) = report.plot_experiment(tmp_path, "x+lr=0.2+num_batch=3")
     assert png.name == "seed0.png" and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_diverged_trial_is_drawn_as_such():
+    res = make_result({"name": "x", "num_batch": 3, "dataset": "mnist"}, 0, "diverged")
+    fig = seed_figure(res, "x (seed 0)")
+    assert "(DIVERGED)" in fig._suptitle.get_text() and "ACC nan%" in fig._suptitle.get_text()
+    assert [t.get_text() for t in fig.axes[0].texts] == [f"{100 * v:.1f}" for v in res["acc_matrix"][0]]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.one_of(st.floats(-1, 1), st.just(float("nan"))), max_size=12))
+def test_summaries_ignore_undefined_values_and_use_the_sample_sd(values):
+    import statistics
+
+    from sparse_nte.reporting.tables import summarise
+
+    finite = [v for v in values if not math.isnan(v)]
+    mean, sd, n = summarise(values)
+    assert n == len(finite)
+    assert math.isnan(mean) if not finite else mean == pytest.approx(statistics.fmean(finite), abs=1e-12)
+    assert math.isnan(sd) if n < 2 else sd == pytest.approx(statistics.stdev(finite), abs=1e-9)

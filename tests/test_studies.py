@@ -273,9 +273,13 @@ def test_cli_report_and_summary_of_a_study_from_its_results(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"report: {results / 'demo' / 'report.html'}" in out and "| beta" in out
     assert (results / "demo" / "report_accuracy.csv").exists()
-    assert main([*base, "--report", "--name", "alpha", "--set", "lr=0.02"]) == 0
+    assert main([*base, "--report", "--name", "alpha", "--set", "lr=0.02", "--plot"]) == 0
     page = results / "report-alpha.html"
     assert page.exists() and "Report: alpha" in page.read_text()
+    for stem in ("report-alpha_curves", "report-alpha_metrics"):      # figures for papers
+        assert (results / f"{stem}.png").stat().st_size > 0 and (results / f"{stem}.svg").exists()
+    assert sorted(p.name for p in (results / study.folders["alpha"]).glob("*.png")) == \
+        [f"seed{s}.png" for s in range(4)]
     # --summary of results folders, without an experiment file, in every format
     folder = study.folders["alpha"]
     assert main(["--results-dir", str(results), "--summary", folder, "--format", "json"]) == 0

@@ -189,14 +189,16 @@ def _layers(results: StudyResults) -> str:
         if act:
             rows = [f'<tr><td><code>{_e(a["layer"])}</code></td><td class="num">{pct(a["active_mean"])}</td>'
                     f'<td class="num">{" ".join(pct(v, 1) for v in a["active_per_task"])}</td>'
+                    f'<td class="num">{pct(a["active_exc"])} / {pct(a["active_inh"])}</td>'
                     f'<td class="num">{_num(a["entropy_ratio"])}</td></tr>' for a in act]
             out.append(_table(["hidden layer", "active units (%)", "per seen task (%)",
-                               "duty-cycle entropy / max"], rows, "activity", num=range(1, 4)))
+                               "active E / I units (%)", "duty-cycle entropy / max"], rows, "activity",
+                              num=range(1, 5)))
     out.append("<p class=note>Density, mask density, E fraction (excitatory presynaptic units) and dead "
                "synapses: mean over done trials after their last task. Violation counts: the largest over "
                "every task of every trial with a result (diverged ones included); they must be 0. Active "
                "units: fraction of units active on the test set of each seen task, after the last task, "
-               "before dropout.</p>")
+               "before dropout; E / I: among excitatory / inhibitory units (Dale's law only).</p>")
     return "".join(out)
 
 

@@ -182,7 +182,8 @@ def weight_layer_rows(exp: ExperimentRecords) -> List[Dict[str, Any]]:
 def activity_rows(exp: ExperimentRecords) -> List[Dict[str, Any]]:
     """Per hidden layer (empty without ``activity`` stats): the fraction of units active on each
     seen task's test set after the last task (mean over done trials, one value per task), their
-    mean, and the k-WTA duty-cycle entropy over its maximum (mean), when the layer has one."""
+    mean, the same among excitatory and inhibitory units (``active_exc``/``active_inh``, NaN
+    without Dale's law), and the k-WTA duty-cycle entropy over its maximum (mean)."""
     last = [s for s in (_last_stats(t) for t in exp.done()) if s and "activity" in s]
     if not last:
         return []
@@ -196,7 +197,14 @@ def activity_rows(exp: ExperimentRecords) -> List[Dict[str, Any]]:
         ent = [v for s in last for k, v in s.get("kwinners", {}).items()
                if k.startswith(name + ".") and v.get("max_entropy")]
         ratio = _mean([v["entropy"] / v["max_entropy"] for v in ent]) if ent else float("nan")
+        by_sign = {}
+        for sign in ("exc", "inh"):     # NaN without Dale's law
+            vals = [float(np.nanmean(s["activity"][name][f"active_fraction_{sign}"])) for s in last
+                    if f"active_fraction_{sign}" in s["activity"].get(name, {})
+                    and np.isfinite(s["activity"][name][f"active_fraction_{sign}"]).any()]
+            by_sign[sign] = summarise(vals)[0]
         rows.append({"layer": name, "active_per_task": mean, "active_mean": float(mean.mean()),
+                     "active_exc": by_sign["exc"], "active_inh": by_sign["inh"],
                      "entropy_ratio": ratio})
     return rows
 
