@@ -139,9 +139,11 @@ def adhoc_study(path: PathLike, experiments: Sequence[str], overrides: Optional[
     resolved as ``--name`` resolves them. Without ``seeds`` it reports every seed found on disk."""
     experiments = tuple(dict.fromkeys(experiments))
     cli = dict(overrides or {})
-    trials, configs, folders, variants = _trials(
-        str(path), experiments, lambda e, s: load_config(path, e, cli if s is None else {**cli, "seed": str(s)}),
-        tuple(seeds) if seeds else None)
+    def resolve_one(e: str, s: Optional[int]) -> Config:
+        return load_config(path, e, cli if s is None else {**cli, "seed": str(s)})
+
+    trials, configs, folders, variants = _trials(str(path), experiments, resolve_one,
+                                                 tuple(seeds) if seeds else None)
     return Study(name=adhoc_name(experiments), file=str(path), question="", experiments=experiments,
                  trials=trials, configs=configs, folders=folders, variants=variants,
                  cli_overrides=cli, seeds=tuple(seeds) if seeds else None, seeds_from_cli=bool(seeds),

@@ -90,7 +90,8 @@ def test_summary_csv_rows_equal_the_result_files_and_hand_computed_statistics(ca
         for m in METRICS:
             mean, sd, n = want[e][m]
             assert float(r[m]) == pytest.approx(mean, rel=1e-12, abs=1e-15)
-            assert (r[f"{m}_sd"] == "") if math.isnan(sd) else float(r[f"{m}_sd"]) == pytest.approx(sd, rel=1e-9)
+            got_sd = r[f"{m}_sd"]
+            assert (got_sd == "") if math.isnan(sd) else float(got_sd) == pytest.approx(sd, rel=1e-9)
 
 
 def test_summary_json_is_strict_json_with_null_for_undefined_values(case):

@@ -29,27 +29,39 @@ from sparse_nte.reporting.describe import describe, overrides_text
 __all__ = ["render_html", "pct", "matrix_cell"]
 
 CSS = """
-:root { --fg:#1d1d1f; --muted:#5f6368; --line:#d9dce1; --bg:#fff; --hl:#fff3c4; --bad:#b3261e; }
+:root { --fg: #1d1d1f; --muted: #5f6368; --line: #d9dce1; --bg: #fff; --hl: #fff3c4; --bad: #b3261e; }
 * { box-sizing: border-box; }
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif;
-       color: var(--fg); background: var(--bg); margin: 0 auto; padding: 1.5em 2em 4em; max-width: 1280px; }
-h1 { font-size: 1.6em; margin: 0 0 .2em; } h2 { font-size: 1.25em; margin: 2em 0 .6em;
-     border-bottom: 1px solid var(--line); padding-bottom: .2em; } h3 { font-size: 1.05em; margin: 1.4em 0 .4em; }
-.question { font-size: 1.15em; margin: .3em 0 .6em; } .meta, .note, figcaption { color: var(--muted); font-size: .92em; }
-nav a { margin-right: 1em; } code, pre { font: 12.5px/1.4 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
+       color: var(--fg); background: var(--bg); margin: 0 auto; padding: 1.5em 2em 4em;
+       max-width: 1280px; }
+h1 { font-size: 1.6em; margin: 0 0 .2em; }
+h2 { font-size: 1.25em; margin: 2em 0 .6em; border-bottom: 1px solid var(--line); padding-bottom: .2em; }
+h3 { font-size: 1.05em; margin: 1.4em 0 .4em; }
+.question { font-size: 1.15em; margin: .3em 0 .6em; }
+.meta, .note, figcaption { color: var(--muted); font-size: .92em; }
+nav a { margin-right: 1em; }
+code, pre { font: 12.5px/1.4 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
 pre { background: #f6f8fa; padding: .7em 1em; overflow-x: auto; border-radius: 4px; }
 table { border-collapse: collapse; margin: .4em 0 1em; font-variant-numeric: tabular-nums; }
 th, td { border-bottom: 1px solid var(--line); padding: .25em .6em; text-align: left; vertical-align: top; }
-th { background: #f3f4f6; font-weight: 600; } td.num, th.num { text-align: right; white-space: nowrap; }
+th { background: #f3f4f6; font-weight: 600; }
+td.num, th.num { text-align: right; white-space: nowrap; }
 tr.differs td, tr.differs th { background: var(--hl); }
-.swatch { display: inline-block; width: .9em; height: .9em; border-radius: 2px; margin-right: .4em; vertical-align: -.1em; }
-.status { font-weight: 600; } .status-done { color: #1e7d32; } .status-diverged, .status-failed,
-.status-unreadable, .status-other-configuration { color: var(--bad); } .status-interrupted, .status-not-run { color: #8a5a00; }
+.swatch { display: inline-block; width: .9em; height: .9em; border-radius: 2px; margin-right: .4em;
+          vertical-align: -.1em; }
+.status { font-weight: 600; }
+.status-done { color: #1e7d32; }
+.status-diverged, .status-failed, .status-unreadable, .status-other-configuration { color: var(--bad); }
+.status-interrupted, .status-not-run { color: #8a5a00; }
 .alert { border-left: 4px solid var(--bad); background: #fdecea; padding: .5em 1em; margin: 1em 0; }
-figure { margin: .8em 0 1.4em; } figure svg { max-width: 100%; height: auto; display: block; }
-.matrices { display: flex; flex-wrap: wrap; gap: 1.5em; } table.matrix td { text-align: center; min-width: 3.2em; border: 1px solid #fff; }
-table.matrix th { text-align: center; } .scroll { overflow-x: auto; }
-td.exp { white-space: nowrap; } code.folder { font-size: .82em; color: var(--muted); white-space: normal; word-break: break-all; }
+figure { margin: .8em 0 1.4em; }
+figure svg { max-width: 100%; height: auto; display: block; }
+.matrices { display: flex; flex-wrap: wrap; gap: 1.5em; }
+table.matrix td { text-align: center; min-width: 3.2em; border: 1px solid #fff; }
+table.matrix th { text-align: center; }
+.scroll { overflow-x: auto; }
+td.exp { white-space: nowrap; }
+code.folder { font-size: .82em; color: var(--muted); white-space: normal; word-break: break-all; }
 details > summary { cursor: pointer; color: var(--muted); margin: .4em 0; }
 """
 
@@ -108,17 +120,23 @@ def _exp_label(k: int, e: ExperimentRecords) -> str:
     return f'<span class="swatch" style="background:{figures.color_of(k)}"></span>{_e(e.experiment)}'
 
 
+def _others(e: ExperimentRecords) -> int:
+    """Trials neither done nor diverged: failed, interrupted, not run, unreadable, another's."""
+    return len(e.trials) - len(e.done()) - e.count("diverged")
+
+
 def _summary(results: StudyResults) -> str:
     rows = []
     for k, e in enumerate(results.experiments):
         cells = [f'<td class="exp">{_exp_label(k, e)}<br><code class="folder">{_e(e.folder)}</code></td>',
                  f'<td class="num" data-count="n">{len(e.done())}</td>',
                  f'<td class="num" data-count="diverged">{e.count("diverged")}</td>',
-                 f'<td class="num" data-count="other">{len(e.trials) - len(e.done()) - e.count("diverged")}</td>']
+                 f'<td class="num" data-count="other">{_others(e)}</td>']
         for m, _, _ in tables.METRICS:
             s = tables.metric_summary(e, m)
             cells.append(f'<td class="num" data-exp="{_attr(e.experiment)}" data-metric="{m}" '
-                         f'data-mean="{_attr(s.mean)}" data-sd="{_attr(s.sd)}" data-n="{s.n}">{_mean_sd(s)}</td>')
+                         f'data-mean="{_attr(s.mean)}" data-sd="{_attr(s.sd)}" data-n="{s.n}">'
+                         f"{_mean_sd(s)}</td>")
         done = e.done()
         minutes = tables.summarise([float(t.result.get("elapsed_s", float("nan"))) for t in done])[0] / 60
         cells.append(f'<td class="num">{"n/a" if not math.isfinite(minutes) else f"{minutes:.1f}"}</td>')
@@ -160,7 +178,8 @@ def _matrices(results: StudyResults) -> str:
         blocks.append(f'<figure class="matrix-figure"><h3>{_exp_label(k, e)}</h3>'
                       f'<table class="matrix" data-exp="{_attr(e.experiment)}"><thead>{head}</thead>'
                       f"<tbody>{body}</tbody></table><figcaption>mean of {len(e.done())} done trial(s); "
-                      f"row i: after training task i; column j: test accuracy (%) on task j</figcaption></figure>")
+                      f"row i: after training task i; column j: test accuracy (%) on task j"
+                      f"</figcaption></figure>")
     return '<div class="matrices">' + "".join(blocks) + "</div>"
 
 
@@ -178,7 +197,8 @@ def _layers(results: StudyResults) -> str:
         if not wl:
             out.append("<p class=note>no layer statistics (record_stats = false, or no finished trial)</p>")
             continue
-        rows = [f'<tr data-layer="{_attr(r["layer"])}"><td><code>{_e(r["layer"])}</code></td><td>{_e(r["shape"])}</td>'
+        rows = [f'<tr data-layer="{_attr(r["layer"])}"><td><code>{_e(r["layer"])}</code></td>'
+                f'<td>{_e(r["shape"])}</td>'
                 f'<td class="num">{_num(r["density"])}</td><td class="num">{_num(r["mask_density"])}</td>'
                 f'<td class="num">{_num(r["exc_fraction"])}</td><td class="num">{_num(r["dead"])}</td>'
                 f'<td class="num" data-violations="mask">{r["mask_violations"]}</td>'
@@ -211,7 +231,8 @@ def _nte(results: StudyResults) -> str:
         body = [f'<tr><td class="num">{r["seed"]}</td><td>{_status(r["status"])}</td>'
                 f'<td class="num" data-guard="{r["guard"][-1] if r["guard"] else 0}">'
                 f'{" ".join(str(g) for g in r["guard"])}</td>'
-                f'<td class="num">{_num(r["dead_experts"], "{}")}</td><td class="num">{_num(r["live_experts"], "{}")}</td></tr>'
+                f'<td class="num">{_num(r["dead_experts"], "{}")}</td>'
+                f'<td class="num">{_num(r["live_experts"], "{}")}</td></tr>'
                 for r in rows]
         out.append(f"<h3>{_exp_label(k, e)}</h3>" + _table(
             ["seed", "status", "guard count after each task (cumulative)", "dead experts", "live experts"],
@@ -233,8 +254,8 @@ def _configs(results: StudyResults) -> str:
         return (f'<tr class="{"differs" if differs else "same"}" data-key="{key}"><th><code>{key}</code>'
                 f"</th>{cells}</tr>")
 
-    desc = "".join(f"<li>{_exp_label(k, e)}: {_e(_describe(e))}; overrides: {_e(overrides_text(e.variant))}</li>"
-                   for k, e in enumerate(results.experiments))
+    desc = "".join(f"<li>{_exp_label(k, e)}: {_e(_describe(e))}; overrides: "
+                   f"{_e(overrides_text(e.variant))}</li>" for k, e in enumerate(results.experiments))
     return (f"<ul>{desc}</ul><p>Keys that differ (highlighted): "
             f"{', '.join(f'<code>{k}</code>' for k in differing) or 'none'}.</p>"
             + _table(head, [tr(*r) for r in rows if r[2]], "configs differing")
@@ -284,7 +305,8 @@ def render_html(results: StudyResults, *, command: str = "",
     """The report page of ``results`` (a :class:`~sparse_nte.reporting.collect.StudyResults`).
     ``command`` is the command line that wrote it; ``exports`` maps labels to the relative paths
     of the files written beside it (linked from the page)."""
-    title = f"Study {results.name}" if results.named else f"Report: {', '.join(e.experiment for e in results.experiments)}"
+    names = ", ".join(e.experiment for e in results.experiments)
+    title = f"Study {results.name}" if results.named else f"Report: {names}"
     trials = results.all_trials()
     counts = {s: sum(t.status == s for t in trials) for s in dict.fromkeys(t.status for t in trials)}
     seeds = sorted({t.seed for t in trials})
@@ -300,7 +322,8 @@ def render_html(results: StudyResults, *, command: str = "",
         f"<title>{_e(title)} — sparse_nte</title><style>{CSS}</style></head><body>",
         f"<header><h1>{_e(title)}</h1>",
         f'<p class="question">{_e(results.question)}</p>' if results.question else "",
-        f"<p class=meta>{len(results.experiments)} experiment(s), seeds {_e(', '.join(map(str, seeds)) or 'none')}, "
+        f"<p class=meta>{len(results.experiments)} experiment(s), seeds "
+        f"{_e(', '.join(map(str, seeds)) or 'none')}, "
         f"{len(trials)} trial(s): " + ", ".join(f"{n} {s}" for s, n in counts.items()) + ".</p>",
         alert, "</header>",
         '<nav><a href="#summary">Summary</a><a href="#curves">Accuracy over tasks</a>'
@@ -318,14 +341,16 @@ def render_html(results: StudyResults, *, command: str = "",
     parts += ["<h3>Trials</h3>", _trials(results), "<h2 id=curves>Accuracy over tasks</h2>"]
     if has_results:
         parts.append('<figure id="fig-curves">' + figures.svg_markup(figures.curves_figure(results), "c")
-                     + "<figcaption>Mean over done trials, band ± 1 sd; dashed: chance level.</figcaption></figure>")
+                     + "<figcaption>Mean over done trials, band ± 1 sd; dashed: chance level."
+                       "</figcaption></figure>")
     else:
         parts.append("<p class=note>no finished trial yet</p>")
     parts += ["<h2 id=matrices>Accuracy matrices</h2>", _matrices(results),
               "<h2 id=layers>Layers: connectivity, Dale's law, activity</h2>", _layers(results),
               _nte(results), "<h2 id=configs>Configurations</h2>", _configs(results)]
     if results.problems:
-        parts.append("<h3>Problems</h3><ul>" + "".join(f"<li>{_e(p)}</li>" for p in results.problems) + "</ul>")
+        items = "".join(f"<li>{_e(p)}</li>" for p in results.problems)
+        parts.append(f"<h3>Problems</h3><ul>{items}</ul>")
     parts += ["<h2 id=provenance>Provenance</h2>", _provenance(results, command, exports or {}),
               "</body></html>"]
     return "\n".join(p for p in parts if p)
