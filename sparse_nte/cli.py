@@ -20,47 +20,29 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
 from sparse_nte.config import ConfigError, list_experiments, load_config, parse_overrides
+from sparse_nte.config.studies import list_studies, parse_seed_list
 from sparse_nte.errors import Terminated, TrialError, UsageError
 from sparse_nte.identity import folder_name, variant
 from sparse_nte.interrupts import exit_status, signal_name, terminate_raises
+from sparse_nte.reporting.exports import FORMATS
 from sparse_nte.sweep import TrialSpec
 
 DEFAULT_CFG = Path("exps") / "exps_params.cfg"
-MAX_SEED = 2**32 - 1
-#: More seeds than this in one command is a typo (``0-100000``), not a study.
-MAX_SEEDS = 10_000
 
 
 def parse_seeds(text: str) -> List[int]:
-    """``"0,1,2"``, ``"0-4"`` or a mix (``"0-2,7"``) -> sorted unique seeds, each in
-    0..MAX_SEED, at most MAX_SEEDS of them (bounds are checked before a range is expanded)."""
-    ranges = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            if "-" in part[1:]:
-                lo, hi = (int(v) for v in part.split("-", 1))
-                if hi < lo:
-                    raise ValueError
-            else:
-                lo = hi = int(part)
-        except ValueError:
-            raise UsageError(f"--seeds {text!r}: expected integers like 0,1,2 or a range 0-4") from None
-        if lo < 0 or hi > MAX_SEED:
-            raise UsageError(f"--seeds {text!r}: seeds must lie in 0..{MAX_SEED}")
-        ranges.append((lo, hi))
-    if not ranges:
-        raise UsageError(f"--seeds {text!r}: give at least one non-negative seed")
-    if sum(hi - lo + 1 for lo, hi in ranges) > MAX_SEEDS:
-        raise UsageError(f"--seeds {text!r}: more than {MAX_SEEDS} seeds in one command")
-    return sorted({s for lo, hi in ranges for s in range(lo, hi + 1)})
+    """``"0,1,2"``, ``"0-4"`` or a mix (``"0-2,7"``) -> sorted unique seeds
+    (:func:`sparse_nte.config.studies.parse_seed_list`)."""
+    try:
+        return parse_seed_list(text)
+    except ValueError as exc:
+        raise UsageError(f"--seeds {text!r}: {exc}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,13 +56,29 @@ def build_parser() -> argparse.ArgumentParser:
                "  python run_exps.py --name quickstart --plot\n"
                "  python run_exps.py --name pmnist_sgd --name pmnist_nte --seeds 0-4 --workers 2\n"
                "  python run_exps.py --name quickstart --set lr=0.05 --set num_batch=5 --dry-run\n"
-               "  python run_exps.py --summary pmnist_sgd pmnist_nte\n")
+               "  python run_exps.py --summary pmnist_sgd pmnist_nte\n"
+               "  python run_exps.py --study smoke              # run what is missing, then report\n"
+               "  python run_exps.py --study smoke --report     # report only (results/smoke/report.html)\n"
+               "  python run_exps.py --study smoke --summary --format csv\n")
     what = p.add_argument_group("what to run")
     what.add_argument("--name", action="append", default=[], metavar="EXP",
                       help="experiment (section of the config file); repeat for several")
     what.add_argument("--list", action="store_true", help="list the experiments with descriptions")
-    what.add_argument("--summary", nargs="+", metavar="EXP",
-                      help="print a table of finished results (mean ± std over seeds) and exit")
+    what.add_argument("--study", action="append", default=[], metavar="NAME",
+                      help="a study ([study:NAME] section): run its missing trials, then write its "
+                           "report; repeat for several")
+    what.add_argument("--summary", nargs="*", metavar="EXP",
+                      help="print a table of finished results (mean ± std over seeds) of these results "
+                           "folders, or alone with --study, and exit")
+    what.add_argument("--format", choices=FORMATS, default="markdown",
+                      help="--summary output: markdown (default), csv or json (one row per trial and "
+                           "one per experiment)")
+    what.add_argument("--report", action="store_true",
+                      help="only write the HTML report (and its CSV/JSON exports) of --study NAME, or "
+                           "of the --name experiments; run nothing")
+    what.add_argument("--report-file", default=None, metavar="PATH",
+                      help="where --report writes the page (default: <results>/<study>/report.html, "
+                           "or <results>/report-<names>.html for --name)")
     what.add_argument("--plot", action="store_true",
                       help="save accuracy-matrix heatmaps and forgetting curves (PNG) beside the results")
     what.add_argument("--config", default=None, metavar="FILE",
@@ -222,7 +220,9 @@ class _NoResults(Exception):
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.command_line = "python run_exps.py " + shlex.join(argv)
     try:
         with terminate_raises():
             return _main(args)
@@ -266,62 +266,149 @@ def _summary(results_dir: str, exps: Sequence[str]) -> int:
     return 0
 
 
-def _plot(results_dir: str, folders: Sequence[str]) -> None:
+def _plot(results_dir: str, folders: Sequence[str], overrides: Optional[dict] = None) -> None:
     from sparse_nte import report
 
     for folder in folders:
         problems: List[str] = []
-        for png in report.plot_experiment(results_dir, folder, problems):
+        for png in report.plot_experiment(results_dir, folder, problems,
+                                          overrides=(overrides or {}).get(folder)):
             print(f"plot: {png}")
         for problem in problems:
             print(f"run_exps.py: plot: {problem}", file=sys.stderr)
 
 
-def _main(args) -> int:
-    from sparse_nte import report
-
-    if args.list:
-        for name, desc in list_experiments(_config_path(args)):
-            print(f"{name:24s} {desc}")
-        return 0
-    if args.summary:
-        return _summary(args.results_dir, args.summary)
-    if not args.name:
-        raise UsageError("nothing to do: give --name EXP (see --list), --summary EXP... or --list")
+def _check_modes(args) -> None:
+    """Usage errors between the flags, before anything is read or run."""
+    if args.format != "markdown" and args.summary is None:
+        raise UsageError(f"--format {args.format} applies to --summary")
+    if args.report_file and not args.report:
+        raise UsageError("--report-file needs --report")
+    if args.study and args.name:
+        raise UsageError("--study and --name are alternatives: a study names its experiments "
+                         "(run_exps.py --list shows them)")
+    if args.summary is not None:
+        if args.summary and args.study:
+            raise UsageError("--summary takes either results folders (--summary EXP...) or, alone, "
+                             "--study NAME")
+        if not args.summary and not args.study:
+            raise UsageError("--summary needs results folders (--summary EXP...) or --study NAME")
+    if args.report and not (args.study or args.name):
+        raise UsageError("--report needs --study NAME or --name EXP (repeatable)")
+    if args.report_file and len(args.study) > 1:
+        raise UsageError("--report-file names one page; give one --study")
+    if not (args.name or args.study):
+        raise UsageError("nothing to do: give --name EXP or --study NAME (see --list), --summary EXP... "
+                         "or --list")
     if args.workers < 1:
         raise UsageError(f"--workers {args.workers}: must be >= 1")
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads {args.threads}: must be >= 1")
     if args.ray is not None and args.workers != 1:
         raise UsageError("--ray and --workers are alternatives: Ray decides the parallelism")
+
+
+def resolve_studies(args) -> list:
+    """The studies asked for: each ``--study NAME`` (with ``--set``/``--seeds``), or with
+    ``--report`` the ``--name`` experiments as one ad-hoc study; [] otherwise."""
+    from sparse_nte import study
+
+    path = _config_path(args)
+    overrides = parse_overrides(args.set)
+    if args.data_root is not None:
+        overrides["data_root"] = args.data_root
+    seeds = parse_seeds(args.seeds) if args.seeds else None
+    if args.study:
+        return [study.resolve_study(path, n, overrides, seeds) for n in dict.fromkeys(args.study)]
+    if args.report:
+        return [study.adhoc_study(path, args.name, overrides, seeds)]
+    return []
+
+
+def _report_path(args, st) -> Path:
+    if args.report_file:
+        return Path(args.report_file)
+    if st.named:
+        return Path(args.results_dir) / st.name / "report.html"
+    return Path(args.results_dir) / f"{st.name}.html"
+
+
+def _main(args) -> int:
+    from sparse_nte import report
+
+    if args.list:
+        path = _config_path(args)
+        for name, desc in list_experiments(path):
+            print(f"{name:24s} {desc}")
+        studies = list_studies(path)
+        if studies:
+            print("studies (run_exps.py --study NAME):")
+            for name, question, exps in studies:
+                print(f"{name:24s} {question}{' ' if question else ''}[{', '.join(exps)}]")
+        return 0
+    if args.summary and not args.study:
+        if args.format == "markdown":
+            return _summary(args.results_dir, args.summary)
+        else:
+            from sparse_nte.reporting import collect_folders, render_summary
+
+            sys.stdout.write(render_summary(collect_folders(args.results_dir, args.summary), args.format))
+        return 0
+    _check_modes(args)
+    if args.data_root is not None and not Path(args.data_root).expanduser().is_dir():
+        raise UsageError(f"--data-root {args.data_root}: no such folder")
     results = Path(args.results_dir).expanduser()
     if results.exists() and not results.is_dir():
         raise UsageError(f"--results-dir {args.results_dir}: is a file, not a folder")
-    trials = resolve_trials(args)
-    check_device(args.device, available_here=args.ray is None)
+    studies = resolve_studies(args)
+    if args.summary is not None:
+        from sparse_nte.reporting import render_summary
+        from sparse_nte.study import collect
+
+        for st in studies:
+            text = render_summary(collect(args.results_dir, st), args.format)
+            sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        return 0
+    trials = [t for st in studies for t in st.trials] if studies else resolve_trials(args)
+    trials = list({(t.folder, t.seed): t for t in trials}.values())
+    if not args.report:
+        check_device(args.device, available_here=args.ray is None)
     if args.dry_run:
         for spec in trials:
             _print_trial(spec, args.results_dir, args.overwrite, args.resume)
         return 0
 
-    from sparse_nte import sweep
+    failed = []
+    if not args.report:
+        from sparse_nte import sweep
 
-    options = sweep.TrialOptions(results_dir=str(args.results_dir), device=args.device,
-                                 overwrite=args.overwrite, resume=args.resume,
-                                 progress=_stderr_is_terminal() if args.progress is None else args.progress,
-                                 threads=args.threads)
-    if args.ray is not None:
-        outcomes = sweep.run_ray(trials, options, address=args.ray, cpus_per_trial=args.cpus_per_trial,
-                                 gpus_per_trial=args.gpus_per_trial, retries=args.retries)
-    elif args.workers > 1:
-        outcomes = sweep.run_local(trials, options, workers=args.workers)
-    else:
-        outcomes = sweep.run_inline(trials, options)
-    print(sweep.format_outcomes(outcomes), file=sys.stderr)
-    failed = [o for o in outcomes if o.status in ("failed", "diverged")]
+        options = sweep.TrialOptions(results_dir=str(args.results_dir), device=args.device,
+                                     overwrite=args.overwrite, resume=args.resume,
+                                     progress=_stderr_is_terminal() if args.progress is None else args.progress,
+                                     threads=args.threads)
+        if args.ray is not None:
+            outcomes = sweep.run_ray(trials, options, address=args.ray, cpus_per_trial=args.cpus_per_trial,
+                                     gpus_per_trial=args.gpus_per_trial, retries=args.retries)
+        elif args.workers > 1:
+            outcomes = sweep.run_local(trials, options, workers=args.workers)
+        else:
+            outcomes = sweep.run_inline(trials, options)
+        print(sweep.format_outcomes(outcomes), file=sys.stderr)
+        failed = [o for o in outcomes if o.status in ("failed", "diverged")]
     folders = list(dict.fromkeys(spec.folder for spec in trials))
     if args.plot:
-        _plot(args.results_dir, folders)
-    if len(trials) > 1:
+        variants = {st.folders[e]: st.variants[e] for st in studies for e in st.experiments}
+        _plot(args.results_dir, folders, variants)
+    if studies:
+        from sparse_nte.reporting import render_summary, write_report
+        from sparse_nte.study import collect
+
+        for st in studies:
+            results = collect(args.results_dir, st)
+            paths = write_report(results, _report_path(args, st), command=args.command_line,
+                                 plot=args.plot)
+            print(render_summary(results, "markdown"))
+            print(f"report: {paths[0]}  (exports: {', '.join(p.name for p in paths[1:])})")
+    elif len(trials) > 1:
         print(report.summary_table(args.results_dir, folders))
     return 1 if failed else 0

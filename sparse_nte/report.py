@@ -1,5 +1,8 @@
 """Tables and figures from result pickles: ``run_exps.py --summary`` and ``--plot``.
 
+Studies (several experiments x seeds), their HTML report and tidy exports are in
+:mod:`sparse_nte.reporting`; the per-seed figure is drawn there (:mod:`sparse_nte.reporting.figures`).
+
 Works on the plain result dicts (see :mod:`sparse_nte.results`), so it also works on pickles
 copied to a machine without torch.
 
@@ -16,16 +19,17 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
 from sparse_nte.errors import ResultsError
 from sparse_nte.identity import describe_differences, differences
+from sparse_nte.reporting.describe import diverged_text
 from sparse_nte.results import load_result
 
 __all__ = ["collect", "summary_table", "plot_result", "plot_experiment", "group_by_config",
-           "experiment_folders", "diverged_text"]
+           "experiment_folders", "diverged_text", "overrides_of_folder"]
 
 SUMMARY_METRICS = ("avg_acc", "forgetting", "learning_acc", "bwt", "fwt")
 
@@ -70,17 +74,6 @@ def experiment_folders(results_dir: os.PathLike, exp: str) -> List[str]:
 
 def _glob_escape(text: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", text)
-
-
-def diverged_text(result: dict) -> str:
-    """``"DIVERGED at task 0, epoch 1, step 37: the training loss is nan"`` for a diverged
-    result, else ``""``."""
-    if result.get("status", "done") != "diverged":
-        return ""
-    d = result.get("diverged") or {}
-    if not d:
-        return "DIVERGED"
-    return f"DIVERGED at task {d.get('task')}, epoch {d.get('epoch')}, step {d.get('step')}: {d.get('reason')}"
 
 
 def _variant_note(results_dir: os.PathLike, folder: str) -> str:
@@ -163,70 +156,56 @@ def summary_table(results_dir: os.PathLike, exps: Sequence[str]) -> str:
     return "\n".join(out)
 
 
-def plot_result(result: dict, out_png: os.PathLike, title: str = "") -> Path:
-    """Accuracy-matrix heatmap and per-task accuracy curves of one run, saved as PNG."""
-    import matplotlib
+def plot_result(result: dict, out_png: os.PathLike, title: str = "",
+                overrides: Optional[Mapping[str, Any]] = None) -> Path:
+    """Accuracy-matrix heatmap and per-task accuracy curves of one run, saved as PNG: axes fitted
+    to the data with the chance level shown, one decimal per cell, and a subtitle naming the
+    dataset, scenario, model, rule, constraints and ``overrides``
+    (:func:`sparse_nte.reporting.figures.seed_figure`)."""
+    from sparse_nte.reporting.figures import save_figure, seed_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    r = np.asarray(result["acc_matrix"], dtype=float)
-    t = r.shape[0]
-    trained = int(result.get("tasks_trained", t))
-    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 4.4))
-    shown = np.where(np.isnan(r), np.nan, 100 * r)
-    im = ax0.imshow(shown, vmin=0, vmax=100, cmap="viridis")
-    ax0.set_xlabel("evaluated on task j")
-    ax0.set_ylabel("after training task i")
-    ax0.set_xticks(range(t))
-    ax0.set_yticks(range(t))
-    if t <= 12:
-        for i in range(t):
-            for j in range(t):
-                if not np.isnan(shown[i, j]):
-                    ax0.text(j, i, f"{shown[i, j]:.0f}", ha="center", va="center", fontsize=7,
-                             color="white" if shown[i, j] < 60 else "black")
-    fig.colorbar(im, ax=ax0, label="accuracy (%)")
-    ax0.set_title("accuracy matrix R[i, j]")
-    x = np.arange(trained)
-    for j in range(t):
-        if j < trained:
-            ax1.plot(x[j:], 100 * r[j:trained, j], marker="o", ms=3, label=f"task {j}")
-    avg = [100 * np.nanmean(r[i, : i + 1]) for i in range(trained)]
-    ax1.plot(x, avg, color="black", lw=2.5, label="average (seen)")
-    ax1.set_xlabel("after training task i")
-    ax1.set_ylabel("test accuracy (%)")
-    ax1.set_ylim(0, 100)
-    ax1.set_xticks(range(t))
-    ax1.grid(alpha=0.3)
-    ax1.legend(fontsize=7, ncol=2 if t > 6 else 1, loc="lower left")
-    ax1.set_title("forgetting: accuracy on each task over time")
-    m = result.get("metrics", {})
-    diverged = diverged_text(result)
-    if diverged:  # no scores: say what happened instead
-        fig.suptitle(f"{title}   {diverged}", color="firebrick", fontsize=10)
-    elif title or m:
-        fig.suptitle(f"{title}   ACC {100 * m.get('avg_acc', float('nan')):.1f}%   "
-                     f"BWT {100 * m.get('bwt', float('nan')):.1f}%   "
-                     f"forgetting {100 * m.get('forgetting', float('nan')):.1f}%")
-    fig.tight_layout()
     out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
-    return out_png
+    fmt = out_png.suffix[1:] or "png"     # another suffix (.pdf, .svg) picks that format
+    return save_figure(seed_figure(result, title, overrides), out_png.with_suffix(""), formats=(fmt,),
+                       dpi=120)[0]
 
 
-def plot_experiment(results_dir: os.PathLike, exp: str,
-                    problems: Optional[List[str]] = None) -> List[Path]:
-    """One PNG per result (finished or diverged), ``<results_dir>/<exp>/seed<k>.png``. Unreadable
-    result files, and figures that cannot be written, are skipped and described in ``problems``
-    (when given; else the first one raises ResultsError)."""
+def overrides_of_folder(exp: str, results_dir: Optional[os.PathLike] = None) -> Dict[str, Any]:
+    """The overrides a variant folder stands for (``"quickstart+lr=0.2+num_batch=3"`` ->
+    ``{"lr": "0.2", "num_batch": "3"}``); for a hashed name, the folder's ``variant.json`` when
+    ``results_dir`` is given (else ``{"variant": "<hash>"}``); ``{}`` for an experiment's own
+    folder (:func:`sparse_nte.identity.folder_name`)."""
+    parts = exp.split("+")[1:]
+    if not parts:
+        return {}
+    if len(parts) == 1 and "=" not in parts[0]:
+        if results_dir is not None:
+            import json
+
+            from sparse_nte.results import variant_path
+            try:
+                stored = json.loads(variant_path(results_dir, exp).read_text())
+                return dict(stored["differs_in"])
+            except (OSError, ValueError):
+                pass
+        return {"variant": parts[0]}
+    return dict(p.split("=", 1) for p in parts if "=" in p)
+
+
+def plot_experiment(results_dir: os.PathLike, exp: str, problems: Optional[List[str]] = None,
+                    overrides: Optional[Mapping[str, Any]] = None) -> List[Path]:
+    """One PNG per result (finished or diverged), ``<results_dir>/<exp>/seed<k>.png``, its
+    subtitle naming ``overrides`` (default: what the folder stands for,
+    :func:`overrides_of_folder`). Unreadable result files, and figures that cannot be written,
+    are skipped and described in ``problems`` (when given; else the first one raises
+    ResultsError)."""
     paths = []
+    if overrides is None:
+        overrides = overrides_of_folder(exp, results_dir)
     for seed, res in collect(results_dir, exp, problems).items():
         png = Path(results_dir) / exp / f"seed{seed}.png"
         try:
-            paths.append(plot_result(res, png, f"{exp} (seed {seed})"))
+            paths.append(plot_result(res, png, f"{exp} (seed {seed})", overrides))
         except OSError as exc:
             from sparse_nte.results import os_error_text
 

@@ -40,7 +40,7 @@ from sparse_nte.interrupts import deferred
 __all__ = [
     "result_path", "checkpoint_path", "log_path", "lock_path", "variant_path", "make_folder",
     "atomic_write", "atomic_write_bytes", "save_result", "load_result", "check_plain", "versions",
-    "os_error_text",
+    "os_error_text", "git_commit",
 ]
 
 
@@ -197,7 +197,9 @@ def load_result(path: os.PathLike) -> dict:
     return out
 
 
-def _git_commit() -> str:
+def git_commit() -> str:
+    """The commit of this checkout (``-dirty`` when tracked files are modified), or
+    ``"unknown"`` outside a git checkout."""
     here = Path(__file__).resolve().parent.parent
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
@@ -224,7 +226,7 @@ def versions(extra: Iterable[str] = ()) -> dict:
         "torch": str(torch.__version__),
         "numpy": str(np.__version__),
         "sparse_nte": str(sparse_nte.__version__),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
     }
     for name in extra:
         try:

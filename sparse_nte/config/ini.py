@@ -78,8 +78,10 @@ def _check_name(name: str, file: Optional[PathLike]) -> None:
 
 
 def _experiment_layers(sections: Mapping[str, Mapping[str, str]], name: str, path: PathLike,
-                       overrides: Optional[Mapping[str, Any]]) -> list[Layer]:
-    """The layers of experiment ``name``, general to specific: [DEFAULT], [name], --set."""
+                       overrides: Optional[Mapping[str, Any]],
+                       study: Optional[tuple[str, Mapping[str, Any]]] = None) -> list[Layer]:
+    """The layers of experiment ``name``, general to specific: [DEFAULT], [name], the study's
+    shared overrides (``[study:NAME]``, when given), --set."""
     if name != DEFAULT_SECTION and (name not in sections or not _is_experiment(name)):
         named = [s for s in sections if _is_experiment(s)]
         raise ConfigError(f"no experiment named {name!r}{did_you_mean(name, named)}; "
@@ -90,20 +92,25 @@ def _experiment_layers(sections: Mapping[str, Mapping[str, str]], name: str, pat
         layers.append(Layer(sections[DEFAULT_SECTION], Origin(section=DEFAULT_SECTION)))
     if name != DEFAULT_SECTION:
         layers.append(Layer(sections[name], Origin(section=name, explicit=True)))
+    if study is not None and study[1]:
+        layers.append(Layer(dict(study[1]), Origin(section=study[0], explicit=True)))
     if overrides:
         layers.append(Layer(dict(overrides), Origin(flag="--set", explicit=True)))
     return layers
 
 
-def load_config(path: PathLike, name: str, overrides: Optional[Mapping[str, Any]] = None) -> Config:
+def load_config(path: PathLike, name: str, overrides: Optional[Mapping[str, Any]] = None, *,
+                study: Optional[tuple[str, Mapping[str, Any]]] = None) -> Config:
     """Resolve and validate experiment ``name`` of the INI file ``path``.
 
     ``overrides`` (key -> text or typed value, e.g. from :func:`parse_overrides`) win over the
-    file; their errors name the ``--set`` flag. ``name = "DEFAULT"`` resolves the shared section
-    alone. Raises :class:`ConfigError`.
+    file; their errors name the ``--set`` flag. ``study = (section, values)`` inserts a study's
+    shared overrides between the experiment's section and ``overrides``; their errors name that
+    section (see :mod:`sparse_nte.config.studies`). ``name = "DEFAULT"`` resolves the shared
+    section alone. Raises :class:`ConfigError`.
     """
     _, sections = _read(path)
-    return resolve(_experiment_layers(sections, name, path, overrides), str(path), name)
+    return resolve(_experiment_layers(sections, name, path, overrides, study), str(path), name)
 
 
 def load_experiments(path: PathLike) -> dict[str, Config]:
