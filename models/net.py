@@ -56,6 +56,7 @@ from models.blocks import ExcitatoryKWinners, HiddenBlock
 from models.spec import NetSpec
 from sparse_nte.dale import assign_signs, dale_init_
 from sparse_nte.layers import KWinners, KWinners2d, SparseWeights, SparseWeights2d, SparseWeightsBase
+from sparse_nte.sparse_exec import resolve_sparse_exec
 
 __all__ = ["Net", "MLP", "CNN", "CONV_CHANNELS", "CONV_KERNEL"]
 
@@ -196,8 +197,7 @@ class Net(nn.Module):
                                     generator=gen["mask"])
         else:
             layer = SparseWeights(module, sparsity=round(1.0 - plan.density, 12),
-                                  generator=gen["mask"])
-            layer.sparse_exec = self.spec.sparse_exec
+                                  generator=gen["mask"], sparse_exec="off")
         if pre_sign is not None:
             layer.set_presynaptic_sign(pre_sign)
             dale_init_(layer, gen["dale"])
@@ -208,6 +208,10 @@ class Net(nn.Module):
                 module.weight.mul_(math.sqrt(fan_in / live))
                 if module.bias is not None:
                     module.bias.mul_(math.sqrt(fan_in / live))
+        if isinstance(layer, SparseWeights):   # last: compact storage replaces `module`
+            w = layer.weight_param
+            layer.sparse_exec = resolve_sparse_exec(self.spec.sparse_exec, layer.density(),
+                                                    w.numel(), w.device, w.dtype)
         return layer
 
     def _make_activation(self, plan: _LayerPlan, sign: Optional[torch.Tensor]) -> nn.Module:

@@ -36,8 +36,8 @@ class NetSpec:
         dale_input: also give the input pixels (MLP) / input channels (CNN) fixed signs.
         dale_kwta: "include": all units compete in the k-WTA; "exclude": only excitatory units
             compete (k = round(n_E * percent_on)), inhibitory units pass through a ReLU.
-        sparse_exec: "auto", "on" or "off": execution path of the ``SparseWeights`` linear layers
-            (computation on live weights only; see :mod:`sparse_nte.sparse_exec`).
+        sparse_exec: "auto", "on", "off" or "compact": storage and execution path of the
+            ``SparseWeights`` linear layers (:func:`sparse_nte.sparse_exec.resolve_sparse_exec`).
         sparse_init: "torch" (PyTorch's default init, scaled for the full fan-in, as the original
             project) or "fan_in" (sparse layers without Dale's law scaled by
             sqrt(fan_in / live inputs), as nupic.torch's ``normalize_sparse_weights``).
