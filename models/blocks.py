@@ -1,6 +1,16 @@
 """Building blocks of the networks: a hidden layer (weights -> activation -> dropout), dropout
 with a faster mask on CPU, and a k-winner-take-all among the excitatory units only (Dale's law
-with ``dale_kwta = exclude``)."""
+with ``dale_kwta = exclude``).
+
+Dropout draws (config key ``dropout_draws``). ``all`` (default): one uniform per unit, the
+masks of torch's ``F.dropout`` bit for bit. ``active``: one uniform per unit that can pass
+anything, i.e. per non-zero activation, and for a k-WTA layer per winner (k per example instead
+of n; the k-WTA and the dropout are then one operation on the winners). A unit whose activation
+is 0 contributes 0 forward and gets no gradient whether it is dropped or not, so the two are
+the same dropout (Srivastava et al. 2014: each unit kept independently with probability 1 - p,
+kept values scaled by 1 / (1 - p)); they use the random stream differently, so for one seed the
+results of ``active`` differ from those of ``all``.
+"""
 from __future__ import annotations
 
 import functools
@@ -9,9 +19,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sparse_nte.layers import KWinnersBase
+from sparse_nte.layers import KWinners, KWinnersBase
+from sparse_nte.layers.functional import scale_nonzeros
 
-__all__ = ["HiddenBlock", "Dropout", "ExcitatoryKWinners"]
+__all__ = ["HiddenBlock", "Dropout", "ExcitatoryKWinners", "DROPOUT_DRAWS"]
+
+#: Choices of the config key ``dropout_draws`` (module docstring).
+DROPOUT_DRAWS = ("all", "active")
 
 
 @functools.lru_cache(maxsize=None)
@@ -29,7 +43,8 @@ def _bernoulli_draws_uniform_doubles() -> bool:
 
 
 class Dropout(nn.Dropout):
-    """``nn.Dropout`` (Srivastava et al. 2014, JMLR 15:1929) with the same output, bit for bit::
+    """``nn.Dropout`` (Srivastava et al. 2014, JMLR 15:1929); with ``draws="all"`` (default)
+    the same output, bit for bit::
 
         y = x * m / (1 - p),   m_i = [u_i < 1 - p],   u_i ~ U[0, 1) float64, torch's generator
 
@@ -39,9 +54,28 @@ class Dropout(nn.Dropout):
     masks, outputs, gradients and generator state afterwards. Where torch's ``bernoulli_`` takes
     another path (MKL on Intel CPUs, GPUs), in eval mode, for ``p = 0`` and ``inplace=True``, the
     module simply calls ``F.dropout``.
+
+    ``draws="active"``: one float64 uniform per non-zero entry of ``x`` (row-major order), the
+    mask 0 elsewhere (module docstring).
     """
 
+    def __init__(self, p: float = 0.5, inplace: bool = False, draws: str = "all") -> None:
+        super().__init__(p, inplace)
+        if draws not in DROPOUT_DRAWS:
+            raise ValueError(f"Dropout: draws must be one of {DROPOUT_DRAWS}, got {draws!r}")
+        self.draws = draws
+
+    def keep_scales(self, shape: torch.Size, like: torch.Tensor) -> torch.Tensor:
+        """``m / (1 - p)`` for ``shape`` draws: 1 / (1 - p) with probability 1 - p, else 0, in
+        ``like``'s dtype (float64 uniforms from torch's generator)."""
+        keep = 1.0 - self.p
+        u = torch.rand(shape, dtype=torch.float64, device=like.device)
+        return u.lt(keep).to(like.dtype).div_(keep)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (self.draws == "active" and self.training and 0.0 < self.p < 1.0
+                and x.is_floating_point() and not self.inplace):
+            return scale_nonzeros(x, self.keep_scales)
         if (not self.training or self.inplace or not 0.0 < self.p < 1.0 or x.device.type != "cpu"
                 or not x.is_floating_point() or x.numel() == 0
                 or not _bernoulli_draws_uniform_doubles()):
@@ -59,14 +93,20 @@ class HiddenBlock(nn.Module):
     BEFORE dropout (activity statistics must not count the units dropout silenced).
     """
 
-    def __init__(self, layer: nn.Module, activation: nn.Module, dropout: float) -> None:
+    def __init__(self, layer: nn.Module, activation: nn.Module, dropout: float,
+                 dropout_draws: str = "all") -> None:
         super().__init__()
         self.layer = layer
         self.activation = activation
-        self.dropout = Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = Dropout(dropout, draws=dropout_draws) if dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.activation(self.layer(x)))
+        h = self.layer(x)
+        act, drop = self.activation, self.dropout
+        if (isinstance(drop, Dropout) and drop.draws == "active" and drop.training
+                and type(act) is KWinners and act.training and 0.0 < drop.p < 1.0):
+            return act(h, scales=drop.keep_scales)   # dropout on the k winners of each example
+        return drop(act(h))
 
 
 class ExcitatoryKWinners(nn.Module):

@@ -157,7 +157,7 @@ class Net(nn.Module):
                 pre_sign = pre_sign.repeat_interleave(plans[i - 1].positions)   # channel -> C*H*W
             layer = self._make_layer(plan, pre_sign, gen, where=f"hidden layer {i}")
             activation = self._make_activation(plan, unit_signs[i] if unit_signs else None)
-            blocks.append(HiddenBlock(layer, activation, spec.dropout))
+            blocks.append(HiddenBlock(layer, activation, spec.dropout, spec.dropout_draws))
         self.blocks = nn.ModuleList(blocks)
 
         last = plans[-1]

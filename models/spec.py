@@ -24,6 +24,8 @@ class NetSpec:
         hidden_units: width of every fully connected hidden layer.
         hidden_layers: number of fully connected hidden layers (>= 1).
         dropout: dropout probability after every hidden layer, in [0, 1).
+        dropout_draws: "all" (torch's dropout masks, bit for bit) or "active" (one draw per
+            non-zero activation / k-WTA winner; see :mod:`models.blocks`).
         sparsify: k-winner-take-all activations instead of ReLU.
         percent_on_fc, percent_on_conv: fraction of winners in fc / conv layers, in (0, 1].
         k_inference_factor, boost_strength, boost_strength_factor, duty_cycle_period: k-WTA
@@ -47,6 +49,7 @@ class NetSpec:
     hidden_units: int
     hidden_layers: int
     dropout: float
+    dropout_draws: str
     sparsify: bool
     percent_on_fc: float
     percent_on_conv: float
