@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
-from sparse_nte.config import check_key
+from sparse_nte.config import SCHEMA, check_key
 
 __all__ = ["NetSpec", "MODEL_KEYS"]
 
@@ -80,6 +80,8 @@ class NetSpec:
         """
         if not isinstance(config, Mapping) or hasattr(config, "to_dict"):
             return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
+        later = {k: SCHEMA[k].default for k in ADDED_KEYS if k not in config}
+        config = {**config, **later}
         missing = [f.name for f in fields(cls) if f.name not in config]
         if missing:
             raise ValueError(f"build_model: config lacks the model key(s) {', '.join(missing)} "
@@ -88,6 +90,9 @@ class NetSpec:
 
 
 MODEL_KEYS: tuple[str, ...] = tuple(f.name for f in fields(NetSpec))
+#: Model keys added after the first release: a plain mapping without them (written for an
+#: earlier version) gets their schema default.
+ADDED_KEYS: tuple[str, ...] = ("dropout_draws",)
 
 
 def _check(name: str, value: Any) -> None:

@@ -458,3 +458,18 @@ def test_build_model_makes_large_sparse_layers_compact_by_default(tmp_path):
     x = torch.randn(5, 1, 28, 28)
     torch.testing.assert_close(auto(x), off(x), rtol=1e-5, atol=1e-5)
     assert_twins(auto, off, dict(rtol=0, atol=0))
+
+
+def test_evaluation_without_gradient_may_use_the_dense_view_and_agrees():
+    from sparse_nte.layers.compact import INFERENCE_DENSITY_BY_BATCH
+    net = layer(300, 200, 0.5, "compact")                 # density 0.5: above every crossover
+    assert all(0.5 > d for _, d in INFERENCE_DENSITY_BY_BATCH)
+    x = torch.randn(1100, 300, dtype=F64)
+    y_grad = net(x)
+    with torch.inference_mode():
+        y_eval = net(x)
+    torch.testing.assert_close(y_eval, y_grad.detach(), **TOL)
+    before = net.module.values.detach().clone()
+    with torch.no_grad():
+        net(x)
+    assert torch.equal(net.module.values.detach(), before)

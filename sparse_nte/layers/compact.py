@@ -30,6 +30,10 @@ State dicts use the dense layout (``weight`` of shape ``(out, in)``, ``bias``), 
 and shapes of the masked-dense layer, so checkpoints and ``state_dict`` consumers see the same
 thing whatever the storage; a state dict holding the compact ``values`` also loads.
 
+Evaluation (no gradient) of large batches at higher densities multiplies by the dense view
+instead (cached while ``v`` is unchanged, i.e. built once per evaluation), where the measured
+crossovers of :data:`INFERENCE_DENSITY_BY_BATCH` say the dense product is faster.
+
 Under ``torch.func`` transforms (``vmap``, ``grad``, ``jvp``, used by the NTK tools and some
 per-example code) the product is computed from ``scatter(v)`` with ``F.linear``: the same
 function, differentiable by every transform, at the dense cost.
@@ -44,7 +48,13 @@ import torch.nn.functional as F
 
 from sparse_nte.sparse_exec import LiveConnections, _bag_product, _gradient_node, _will_run
 
-__all__ = ["CompactLinear", "compact_linear", "rewire"]
+__all__ = ["CompactLinear", "compact_linear", "rewire", "INFERENCE_DENSITY_BY_BATCH"]
+
+#: (minimum rows, largest density at which the compact product is used) for forward passes
+#: without gradient, largest batch first; above it the cached dense view is multiplied. The
+#: crossovers of the forward product measured by bench/bench_sparse.py --sections compact
+#: (784x4000, 4000x4000, 1000x1000; dense wins from ~0.05 at 1024 rows, ~0.12-0.3 at 256).
+INFERENCE_DENSITY_BY_BATCH: tuple[tuple[int, float], ...] = ((1024, 0.05), (256, 0.12), (1, 0.2))
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
@@ -251,6 +261,12 @@ class CompactLinear(nn.Module):
     # -- forward ----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.sync()
+        if not torch.is_grad_enabled() and not _transformed() and x.dim() >= 1:
+            rows = x.numel() // max(1, self.in_features)
+            density = self.live.density
+            limit = next((d for r, d in INFERENCE_DENSITY_BY_BATCH if rows >= r), 0.0)
+            if density > limit:
+                return F.linear(x, self.dense_weight(), self.bias)
         return compact_linear(x, self.values, self.bias, self.live)
 
     # -- state dict: the dense layout -------------------------------------------------------

@@ -98,7 +98,7 @@ def _compact_winners(x: torch.Tensor, boosted: torch.Tensor, idx: torch.Tensor, 
         picked = torch.where(boosted.gather(1, idx) > 0, picked, picked.new_zeros(()))
     if scale is not None:
         picked = picked * scale
-    return torch.zeros_like(x).scatter(1, idx, picked)
+    return torch.zeros_like(x).scatter_(1, idx, picked)   # in place: no copy of the zeros
 
 
 def _zero_losers(x: torch.Tensor, off: torch.Tensor, inplace: bool) -> torch.Tensor:
