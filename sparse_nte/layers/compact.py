@@ -195,7 +195,8 @@ class CompactLinear(nn.Module):
         self.values.copy_(d.reshape(-1).index_select(0, self.live.flat_idx))
         self._refresh_dense()
 
-    @torch.no_grad()
+    @torch.inference_mode(False)   # a normal tensor (with a version counter) even when built
+    @torch.no_grad()               # during an inference-mode evaluation
     def _refresh_dense(self) -> torch.Tensor:
         v = self.values
         d = self._dense
