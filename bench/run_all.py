@@ -156,7 +156,8 @@ def run_section(name: str, quick: bool, threads: int) -> SectionResult:
         if spec.own_json and json_path.exists():
             for f in json.loads(json_path.read_text())["figures"]:
                 result.figures.append(Figure(f["name"], f["value"], f["unit"], f["detail"],
-                                             f["goal"], f.get("extra", {})))
+                                             f["goal"], f.get("extra", {}),
+                                             f.get("at_least", False)))
     for pattern in spec.patterns:
         match = next((m for m in (re.search(pattern.regex, line) for line in out.splitlines())
                       if m), None)

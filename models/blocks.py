@@ -14,6 +14,7 @@ results of ``active`` differ from those of ``all``.
 from __future__ import annotations
 
 import functools
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -65,25 +66,65 @@ class Dropout(nn.Dropout):
             raise ValueError(f"Dropout: draws must be one of {DROPOUT_DRAWS}, got {draws!r}")
         self.draws = draws
 
-    def keep_scales(self, shape: torch.Size, like: torch.Tensor) -> torch.Tensor:
-        """``m / (1 - p)`` for ``shape`` draws: 1 / (1 - p) with probability 1 - p, else 0, in
-        ``like``'s dtype (float64 uniforms from torch's generator)."""
+    def _noise(self, u: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """``m / (1 - p)`` from uniforms ``u``: 1 / (1 - p) where ``u < 1 - p``, else 0."""
         keep = 1.0 - self.p
-        u = torch.rand(shape, dtype=torch.float64, device=like.device)
         return u.lt(keep).to(like.dtype).div_(keep)
+
+    def keep_scales(self, shape: torch.Size, like: torch.Tensor) -> torch.Tensor:
+        """``m / (1 - p)`` for ``shape`` fresh draws (float64 uniforms from torch's generator),
+        in ``like``'s dtype."""
+        return self._noise(torch.rand(shape, dtype=torch.float64, device=like.device), like)
+
+    def _portable(self, x: torch.Tensor) -> bool:
+        """Whether ``draws="all"`` draws its mask as ``uniform_()`` doubles in ``x``'s layout
+        (where that is what torch's own dropout does: module docstring)."""
+        return (self.training and not self.inplace and 0.0 < self.p < 1.0
+                and x.device.type == "cpu" and x.is_floating_point() and x.numel() > 0
+                and _bernoulli_draws_uniform_doubles())
+
+    def winner_scales(self, x: torch.Tensor) -> Optional["_WinnerDropout"]:
+        """This dropout on the output of a k-WTA applied to ``x``, drawn for its winners only
+        (:class:`_WinnerDropout`), or None where that is not the same operation."""
+        if not (self.training and 0.0 < self.p < 1.0 and not self.inplace
+                and x.is_floating_point() and x.dim() == 2):
+            return None
+        if self.draws == "all" and not (self._portable(x) and x.is_contiguous()):
+            return None
+        return _WinnerDropout(self, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (self.draws == "active" and self.training and 0.0 < self.p < 1.0
                 and x.is_floating_point() and not self.inplace):
             return scale_nonzeros(x, self.keep_scales)
-        if (not self.training or self.inplace or not 0.0 < self.p < 1.0 or x.device.type != "cpu"
-                or not x.is_floating_point() or x.numel() == 0
-                or not _bernoulli_draws_uniform_doubles()):
+        if not self._portable(x):
             return F.dropout(x, self.p, self.training, self.inplace)
-        keep = 1.0 - self.p
         u = torch.empty_like(x, dtype=torch.float64).uniform_()   # element order = x's layout
-        noise = u.lt(keep).to(x.dtype).div_(keep)
-        return x * noise
+        return x * self._noise(u, x)
+
+
+class _WinnerDropout:
+    """A :class:`Dropout` applied to a k-WTA output through its winners
+    (:meth:`KWinners.forward`'s ``dropout``): ``at(idx, like)`` gives the multipliers of the
+    winners, ``apply(y)`` the dropout of a whole output (when the k-WTA takes its general path).
+
+    ``draws="all"``: every unit's uniform is drawn, as torch's dropout does, and read at the
+    winners: the output and gradient equal those of k-WTA followed by dropout, bit for bit, with
+    one pass over the units instead of five (the losers are 0 either way). ``draws="active"``:
+    one uniform per winner."""
+
+    def __init__(self, drop: Dropout, x: torch.Tensor) -> None:
+        self.drop = drop
+        self.shape = x.shape
+
+    def at(self, idx: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        if self.drop.draws == "active":
+            return self.drop.keep_scales(idx.shape, like)
+        u = torch.empty(self.shape, dtype=torch.float64, device=like.device).uniform_()
+        return self.drop._noise(u.gather(1, idx), like)
+
+    def apply(self, y: torch.Tensor) -> torch.Tensor:
+        return self.drop(y)
 
 
 class HiddenBlock(nn.Module):
@@ -103,9 +144,10 @@ class HiddenBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.layer(x)
         act, drop = self.activation, self.dropout
-        if (isinstance(drop, Dropout) and drop.draws == "active" and drop.training
-                and type(act) is KWinners and act.training and 0.0 < drop.p < 1.0):
-            return act(h, scales=drop.keep_scales)   # dropout on the k winners of each example
+        if isinstance(drop, Dropout) and type(act) is KWinners and act.training:
+            fused = drop.winner_scales(h)
+            if fused is not None:
+                return act(h, dropout=fused)   # the dropout applied to the k winners only
         return drop(act(h))
 
 

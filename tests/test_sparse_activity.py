@@ -134,3 +134,28 @@ def test_dropout_draws_all_is_still_torch_dropout_and_bad_values_are_refused():
     assert torch.equal(Dropout(0.4, draws="all")(x), ref)
     with pytest.raises(ValueError, match="draws must be one of"):
         Dropout(0.4, draws="some")
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_kwta_then_dropout_with_all_draws_is_torch_dropout_bit_for_bit(relu):
+    """The default draws: HiddenBlock's k-WTA + dropout (fused on the winners where the mask
+    is drawn as uniform doubles) equals k-WTA followed by F.dropout: output, gradient and the
+    generator's state afterwards."""
+    kw = KWinners(400, 0.01, boost_strength=1.0, relu=relu)
+    ref_kw = KWinners(400, 0.01, boost_strength=1.0, relu=relu)
+    block = HiddenBlock(torch.nn.Identity(), kw, 0.4).train()
+    for seed in range(3):
+        x = torch.randn(32, 400).requires_grad_()
+        xr = x.detach().clone().requires_grad_()
+        g = torch.randn(32, 400)
+        torch.manual_seed(seed)
+        y = block(x)
+        after = torch.rand(2)
+        torch.manual_seed(seed)
+        ref = F.dropout(ref_kw(xr), 0.4, training=True)
+        ref_after = torch.rand(2)
+        assert torch.equal(y, ref) and torch.equal(after, ref_after)
+        y.backward(g)
+        ref.backward(g)
+        assert torch.equal(x.grad, xr.grad)
+        assert torch.equal(kw.duty_cycle, ref_kw.duty_cycle)

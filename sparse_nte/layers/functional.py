@@ -136,20 +136,20 @@ def kwinners(
 def kwinners_with_indices(x: torch.Tensor, duty_cycles: torch.Tensor, k: int,
                           boost_strength: float, break_ties: bool = False, relu: bool = False,
                           inplace: bool = False,
-                          scales: Optional[Callable[[torch.Size, torch.Tensor], torch.Tensor]]
+                          scales: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
                           = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """:func:`kwinners` and, when the compact selection applied (module docstring), the
     (batch, k) indices of the winners (else None). Checks are the caller's.
 
-    ``scales(shape, like)``: multipliers of the winners' values, drawn for the (batch, k)
-    winners on the compact path (the dropout of :class:`models.blocks.HiddenBlock` with
-    ``dropout_draws = active``). On the general path (index None) they are NOT applied: the
-    caller applies them to the output."""
+    ``scales(idx, like)``: multipliers (batch, k) of the winners' values given their indices,
+    applied on the compact path (the dropout of :class:`models.blocks.HiddenBlock`, fused with
+    the k-WTA). On the general path (index None) they are NOT applied: the caller applies its
+    dropout to the output."""
     boosted = boost_activations(x, duty_cycles, boost_strength)
     if not inplace and 2 * k <= x.shape[1] and x.device.type == "cpu":
         idx = winner_indices(boosted, k)
         if idx is not None:
-            scale = None if scales is None else scales(idx.shape, x)
+            scale = None if scales is None else scales(idx, x)
             return _compact_winners(x, boosted, idx, relu, scale), idx
     off = _winner_off_mask(boosted, k, 1, break_ties, relu)
     return _zero_losers(x, off, inplace), None

@@ -35,13 +35,13 @@ for step the same):
 from __future__ import annotations
 
 import abc
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 import torch.nn as nn
 
 from sparse_nte import duty_cycle_metrics
-from sparse_nte.layers.functional import kwinners2d, kwinners_with_indices, scale_nonzeros
+from sparse_nte.layers.functional import kwinners2d, kwinners_with_indices
 
 __all__ = ["KWinnersBase", "KWinners", "KWinners2d", "update_boost_strength"]
 
@@ -228,19 +228,20 @@ class KWinners(KWinnersBase):
         self.n = n
         self.register_buffer("duty_cycle", torch.zeros(n))
 
-    def forward(self, x: torch.Tensor,
-                scales: Optional[Callable[[torch.Size, torch.Tensor], torch.Tensor]] = None
-                ) -> torch.Tensor:
-        """k winners of every row of ``x``. ``scales(shape, like)`` optionally multiplies the
-        winners' values: the dropout of :class:`models.blocks.HiddenBlock` drawn for the winners
-        only (the duty cycles count the winners before it)."""
+    def forward(self, x: torch.Tensor, dropout: Any = None) -> torch.Tensor:
+        """k winners of every row of ``x``, then (optionally) ``dropout``: an object with
+        ``at(idx, like)``, the multipliers (batch, k) of the winners ``idx`` (used when the
+        compact selection applies), and ``apply(y)``, the dropout of a whole output (used
+        otherwise), e.g. :class:`models.blocks.HiddenBlock`'s. The duty cycles count the
+        winners before the dropout."""
         if x.dim() != 2 or x.shape[1] != self.n:
             raise ValueError(f"KWinners(n={self.n}) expects input of shape (batch, {self.n}), "
                              f"got {tuple(x.shape)}")
         k = self.k if self.training else self.k_inference
         builtin = type(self).update_duty_cycle is KWinners.update_duty_cycle
         y, idx = kwinners_with_indices(x, self.duty_cycle, k, self._cached_boost_strength,
-                                       self.break_ties, self.relu, self.inplace, scales)
+                                       self.break_ties, self.relu, self.inplace,
+                                       None if dropout is None else dropout.at)
         if self.training:
             if idx is None or not builtin:
                 self.update_duty_cycle(y)   # (an override must see the output, as in nupic)
@@ -249,8 +250,8 @@ class KWinners(KWinnersBase):
                     active = idx[x.detach().gather(1, idx) > 0]
                     counts = torch.bincount(active, minlength=self.n).to(torch.float)
                     self._update_duty_cycle(counts, x.shape[0])
-        if scales is not None and idx is None:
-            y = scale_nonzeros(y, scales)
+        if dropout is not None and idx is None:
+            y = dropout.apply(y)
         return y
 
     def update_duty_cycle(self, x: torch.Tensor) -> None:
