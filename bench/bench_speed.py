@@ -298,6 +298,29 @@ def section_step(args, clock: str) -> List[Figure]:
     return figures
 
 
+def figure_names(sections: Sequence[str] = SECTIONS) -> List[str]:
+    """The figures the given sections report (run_all checks that none is missing)."""
+    names: List[str] = []
+    if "layer" in sections:
+        names += [f"layer_speedup.{i}x4000.density_{d:.2f}" for i in (784, 4000)
+                  for d in DENSITIES]
+    if "mlp" in sections:
+        names += [f"{n}.density_{d:.2f}" for d in (0.10, 0.05)
+                  for n in ("mlp_step_speedup", "mlp_step_speedup_active_dropout")]
+    if "eval" in sections:
+        names += [f"eval_over_forward_bound.{n}" for n in
+                  ("MLP_1Layer", "MLP_1LayerSparse", "MLP_1LayerSparse.density_0.10")]
+        names.append("eval_sparse_over_dense.MLP_1LayerSparse.density_0.10")
+    if "run" in sections:
+        names += ["run_speedup.MLP_1LayerSparse.density_0.10", "eval_share_of_run.MLP_1Layer",
+                  "eval_share_of_run.MLP_1LayerSparse"]
+    if "step" in sections:
+        names += [f"dense_step_share.{n}" for n in
+                  ("products", "sgd_update", "fused_sgd_update", "dropout_fwd_bwd")]
+        names.append("dense_step_fused_over_default")
+    return names
+
+
 def main(argv: Optional[Sequence[str]] = None) -> List[Figure]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sections", default=",".join(SECTIONS))

@@ -10,6 +10,7 @@ import io
 import math
 import pickle
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -473,3 +474,40 @@ def test_evaluation_without_gradient_may_use_the_dense_view_and_agrees():
     with torch.no_grad():
         net(x)
     assert torch.equal(net.module.values.detach(), before)
+
+
+def test_per_example_gradient_norms_of_data_selection_see_the_live_weights():
+    """GraNd (selection) reaches a compact layer's values through the generic per-example path
+    (torch.func): the same norms as the masked-dense layer's masked gradients."""
+    from sparse_nte.selection.grand import per_example_grad_norms
+    dense, compact = mlp("off"), mlp("compact")
+    x = torch.randn(6, 12, dtype=F64)
+    y = torch.randint(0, 3, (6,))
+    torch.testing.assert_close(per_example_grad_norms(compact, x, y),
+                               per_example_grad_norms(dense, x, y), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [{"linearize": True}, {"record_ntk": True,
+                                                         "ntk_probe_size": 24}])
+def test_linearized_networks_and_the_ntk_probe_run_on_compact_layers(tmp_path, extra):
+    """The NTK tools differentiate the model with torch.func / batched backward passes: a
+    compact layer computes them densely and gives the masked-dense layer's numbers."""
+    from benchmarks.synthetic import write_synthetic_dataset
+    from sparse_nte.runner import run_trial
+    write_synthetic_dataset("mnist", tmp_path, num_train=200, num_test=60, seed=0)
+    res = {}
+    for mode in ("off", "auto"):
+        base = dict(name="c", dataset="mnist", num_batch=2, hidden_units=200, hidden_layers=1,
+                    weight_sparsity_fc=0.1, mb_size=32, data_root=str(tmp_path), **extra)
+        if not extra.get("linearize"):
+            base["sparse_exec"] = mode
+        elif mode == "off":
+            continue          # linearize: sparse_exec has no effect; auto gives compact layers
+        res[mode] = run_trial(config_from_dict(base), tmp_path / mode, progress=False,
+                              log=lambda m: None)
+        assert res[mode]["status"] == "done"
+    if "off" in res:
+        np.testing.assert_array_equal(res["off"]["acc_matrix"], res["auto"]["acc_matrix"])
+        a, b = (r["stats"]["per_task"][-1]["ntk"] for r in (res["off"], res["auto"]))
+        np.testing.assert_allclose(a["kernel_drift"], b["kernel_drift"], rtol=1e-4)

@@ -59,10 +59,16 @@ INFERENCE_DENSITY_BY_BATCH: tuple[tuple[int, float], ...] = ((1024, 0.05), (256,
 _SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
 
-def _transformed() -> bool:
-    """True inside a ``torch.func`` transform (vmap / grad / jvp)."""
+def _transformed(*tensors: Optional[torch.Tensor]) -> bool:
+    """True inside a ``torch.func`` transform (vmap / grad / jvp), or when one of ``tensors``
+    is a functorch-wrapped (e.g. batched) tensor, as the cotangents of a backward pass with
+    ``is_grads_batched=True`` are."""
     try:
-        return bool(torch._C._are_functorch_transforms_active())
+        if torch._C._are_functorch_transforms_active():
+            return True
+        f = torch._C._functorch
+        return any(t is not None and (f.is_functorch_wrapped_tensor(t)
+                                      or f.is_legacy_batchedtensor(t)) for t in tensors)
     except AttributeError:   # pragma: no cover - older torch
         return False
 
@@ -82,24 +88,31 @@ class _CompactLinearFn(torch.autograd.Function):
         ctx.has_bias = bias is not None
         ctx.x_node = _gradient_node(x) if need_x else None
         ctx.v_node = _gradient_node(values) if need_v else None
-        values_t = live.column_major(values) if need_x else None
-        ctx.save_for_backward(x_t if need_v else None, values_t)
+        ctx.save_for_backward(x_t if need_v else None, values if need_x else None)
         return y_t.t().contiguous()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad_y: torch.Tensor):
         live: LiveConnections = ctx.live
-        x_t, values_t = ctx.saved_tensors
+        x_t, values = ctx.saved_tensors
         need_x = ctx.needs_input_grad[0] and _will_run(ctx.x_node)
         need_v = ctx.needs_input_grad[1] and _will_run(ctx.v_node)
         grad_x = grad_v = grad_b = None
-        grad_y_t = grad_y.t().contiguous() if (need_x or need_v) else None    # (out, B)
-        if need_x:
-            grad_x = _bag_product(live.row_idx_t, live.col_ptr, values_t, grad_y_t).t()
-            grad_x = grad_x.contiguous()
-        if need_v:
-            grad_v = live.sampled_mm(grad_y_t, x_t.t())
+        if _transformed(grad_y):   # a batched backward (vmap, is_grads_batched): dense products
+            if need_x:
+                grad_x = grad_y @ live.scatter(values)
+            if need_v:
+                full = grad_y.transpose(-1, -2) @ x_t.t()
+                grad_v = full.reshape(*full.shape[:-2], -1)[..., live.flat_idx]
+        else:
+            grad_y_t = grad_y.t().contiguous() if (need_x or need_v) else None   # (out, B)
+            if need_x:
+                values_t = live.column_major(values)
+                grad_x = _bag_product(live.row_idx_t, live.col_ptr, values_t, grad_y_t).t()
+                grad_x = grad_x.contiguous()
+            if need_v:
+                grad_v = live.sampled_mm(grad_y_t, x_t.t())
         if ctx.needs_input_grad[2] and ctx.has_bias:
             grad_b = grad_y.sum(dim=0)
         return grad_x, grad_v, grad_b, None
