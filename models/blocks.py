@@ -141,9 +141,18 @@ class HiddenBlock(nn.Module):
         self.activation = activation
         self.dropout = Dropout(dropout, draws=dropout_draws) if dropout > 0 else nn.Identity()
 
+    def activate(self, h: torch.Tensor) -> torch.Tensor:
+        """``activation(h)``; a plain ReLU without autograd (evaluation) runs in place on the
+        layer's output (the same values, without writing a second activation tensor)."""
+        if type(self.activation) is nn.ReLU and not torch.is_grad_enabled():
+            return h.relu_()
+        return self.activation(h)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.layer(x)
         act, drop = self.activation, self.dropout
+        if not torch.is_grad_enabled():
+            return drop(self.activate(h))
         if isinstance(drop, Dropout) and type(act) is KWinners and act.training:
             fused = drop.winner_scales(h)
             if fused is not None:

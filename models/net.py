@@ -250,7 +250,7 @@ class Net(nn.Module):
             if recorder is None:
                 h = block(h)
             else:   # observe the activation before dropout
-                h = block.activation(block.layer(h))
+                h = block.activate(block.layer(h))
                 recorder.record(i, h)
                 h = block.dropout(h)
         return self._route(h, t)
