@@ -164,3 +164,15 @@ def test_subsets_of_old_tasks_between_full_rows(tmp_path, data_root):
     assert EvalSpec(subset=50, full_every=3).full_row(2, 5)
     assert not EvalSpec(subset=50, full_every=3).full_row(1, 5)
     assert EvalSpec().full_row(1, 5)
+
+
+def test_activity_counts_are_those_of_y_not_zero_including_nan_and_signed_zeros():
+    from models.activity import ActivityRecorder
+    y = torch.tensor([[0.0, -0.0, -2.0, 3.0], [float("nan"), 0.0, 1e-30, -float("inf")]])
+    for data in (y, y.view(2, 4, 1, 1).expand(2, 4, 2, 3)):
+        rec = ActivityRecorder(["a"])
+        rec.record(0, data)
+        positions = 2 * (6 if data.dim() == 4 else 1)
+        expected = (data != 0).sum(dim=(0, 2, 3) if data.dim() == 4 else 0).double()
+        np.testing.assert_array_equal(rec.summary()["a"]["unit_active_fraction"],
+                                      (expected / positions).numpy())
