@@ -49,7 +49,6 @@ class NetSpec:
     hidden_units: int
     hidden_layers: int
     dropout: float
-    dropout_draws: str
     sparsify: bool
     percent_on_fc: float
     percent_on_conv: float
@@ -66,6 +65,9 @@ class NetSpec:
     dale_kwta: str
     sparse_exec: str
     sparse_init: str
+    # keys added after the first release take the schema's default when not given (specs built
+    # by code written before them keep working); see ADDED_KEYS
+    dropout_draws: str = SCHEMA["dropout_draws"].default
 
     def __post_init__(self) -> None:
         for f in fields(self):
