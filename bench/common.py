@@ -115,19 +115,21 @@ def machine(threads: int) -> Dict[str, Any]:
 @dataclass
 class Figure:
     """One reported figure. ``value`` is a ratio (``unit`` "x") or a percentage (``unit`` "%");
-    ``goal`` is an upper bound the value should not exceed (None when the issue sets none)."""
+    ``goal`` is an upper bound the value should not exceed, or with ``at_least`` a lower bound
+    it should reach (a speed-up); None when the issue sets none."""
     name: str
     value: float
     unit: str
     detail: str = ""
     goal: Optional[float] = None
     extra: Dict[str, Any] = field(default_factory=dict)
+    at_least: bool = False
 
     @property
     def met(self) -> Optional[bool]:
         if self.goal is None or not math.isfinite(self.value):
             return None
-        return self.value <= self.goal
+        return self.value >= self.goal if self.at_least else self.value <= self.goal
 
     def line(self) -> str:
         if self.unit == "%":
@@ -137,7 +139,8 @@ class Figure:
         goal = ""
         if self.goal is not None:
             bound = f"{self.goal:g}%" if self.unit == "%" else f"{self.goal:g}x"
-            goal = f" [goal <= {bound}: {'met' if self.met else 'NOT met'}]"
+            goal = (f" [goal {'>=' if self.at_least else '<='} {bound}: "
+                    f"{'met' if self.met else 'NOT met'}]")
         return f"{self.name}: {value}{goal}" + (f" ({self.detail})" if self.detail else "")
 
     def to_json(self) -> Dict[str, Any]:

@@ -18,6 +18,11 @@ Sections (each its own script, run in a subprocess with the thread count pinned 
                                        SGD epoch of the 1x1000 MLP (full and pruned epochs)
     fisher    bench/bench_fisher.py    EWC's diagonal Fisher: per-example loop / ours, vmap / ours,
                                        ours / GEMM bound (784-1000-1000-10 MLP)
+    speed     bench/bench_speed.py     compact sparse layer / masked-dense at 2-20% density; the
+                                       k-WTA MLP step at 10% and 5%; evaluation per example /
+                                       forward bound; whole 10-task runs sparse vs masked-dense;
+                                       the share of a run spent evaluating; the dense step's
+                                       parts
 
 Every figure is a ratio of times (or memory) measured within one run of its script. The
 figures of the other scripts are read from their output lines with the patterns in
@@ -47,7 +52,7 @@ sys.path.insert(0, str(HERE))
 from common import Figure, machine  # noqa: E402
 
 DEFAULT_OUT = HERE / "report.json"
-DEFAULT_BUDGET_S = 600.0
+DEFAULT_BUDGET_S = 1800.0
 
 
 @dataclass(frozen=True)
@@ -81,7 +86,8 @@ SECTIONS: Dict[str, Section] = {
         "bench_nte.py", quick_args=("--repeats", "1", "--steps", "2"), takes_threads=False,
         patterns=tuple(
             Pattern(f"nte_{path}_{what}_over_sgd",
-                    rf"^nte {path} path {line} / sgd: (?P<v>[0-9.]+)x")
+                    rf"^nte {path} path {line} / sgd: (?P<v>[0-9.]+)x",
+                    goal=2.0 if (path, what) == ("fast", "step_time") else None)
             for path in ("fast", "exact")
             for what, line in (("step_time", "step time"), ("added_peak_memory",
                                                             "added peak memory")))),
@@ -98,6 +104,8 @@ SECTIONS: Dict[str, Section] = {
                     rf"^epoch {re.escape(label)} task \d+ \(\d+ examples\): [0-9.]+ s = "
                     rf"(?P<v>[0-9.]+) % of an SGD epoch", unit="%")
             for label in _DATA_LABELS)),
+    "speed": Section("bench_speed.py", args=("--subset", "3000"), quick_args=("--quick",),
+                     own_json=True, timeout_s=1500.0),
     "selection": Section(
         "bench_selection.py", quick_args=("--repeats", "1"),
         patterns=tuple(
@@ -121,6 +129,9 @@ def expected_figures(section: str) -> List[str]:
     if section == "training":
         import bench_training
         return [n for net in bench_training.NETWORKS for n in bench_training.figure_names(net)]
+    if section == "speed":
+        import bench_speed
+        return bench_speed.figure_names()
     return [p.name for p in SECTIONS[section].patterns]
 
 
@@ -164,7 +175,8 @@ def run_section(name: str, quick: bool, threads: int) -> SectionResult:
         if spec.own_json and json_path.exists():
             for f in json.loads(json_path.read_text())["figures"]:
                 result.figures.append(Figure(f["name"], f["value"], f["unit"], f["detail"],
-                                             f["goal"], f.get("extra", {})))
+                                             f["goal"], f.get("extra", {}),
+                                             f.get("at_least", False)))
     for pattern in spec.patterns:
         match = next((m for m in (re.search(pattern.regex, line) for line in out.splitlines())
                       if m), None)

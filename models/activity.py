@@ -41,13 +41,17 @@ class ActivityRecorder:
     def record(self, index: int, y: torch.Tensor) -> None:
         """Add the activation ``y`` of hidden layer ``index``: (B, U) or (B, U, H, W)."""
         with torch.no_grad():
-            active = y.detach() != 0
-            if active.dim() == 4:
-                counts = active.sum(dim=(0, 2, 3), dtype=torch.float64)
-                positions = y.shape[0] * y.shape[2] * y.shape[3]
-            elif active.dim() == 2:
-                counts = active.sum(dim=0, dtype=torch.float64)
-                positions = y.shape[0]
+            # 1 where y != 0 as floats, summed in float32 (exact integers below 2^24 per call):
+            # ~3x faster than summing a bool tensor into float64. sign() maps NaN to 0, so when
+            # y is not all finite (one sum tells) the counts come from y != 0 (NaN is active).
+            dims = (0, 2, 3) if y.dim() == 4 else (0,)
+            if y.dim() in (2, 4):
+                yd = y.detach()
+                if bool(torch.isfinite(yd.sum())):
+                    counts = yd.abs().sign_().sum(dim=dims).to(torch.float64)
+                else:
+                    counts = (yd != 0).sum(dim=dims, dtype=torch.float64)
+                positions = y.shape[0] * (y.shape[2] * y.shape[3] if y.dim() == 4 else 1)
             else:
                 raise ValueError(f"ActivityRecorder: activation of {self.names[index]} has shape "
                                  f"{tuple(y.shape)}; expected (B, U) or (B, U, H, W)")

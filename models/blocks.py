@@ -1,17 +1,32 @@
 """Building blocks of the networks: a hidden layer (weights -> activation -> dropout), dropout
 with a faster mask on CPU, and a k-winner-take-all among the excitatory units only (Dale's law
-with ``dale_kwta = exclude``)."""
+with ``dale_kwta = exclude``).
+
+Dropout draws (config key ``dropout_draws``). ``all`` (default): one uniform per unit, the
+masks of torch's ``F.dropout`` bit for bit. ``active``: one uniform per unit that can pass
+anything, i.e. per non-zero activation, and for a k-WTA layer per winner (k per example instead
+of n; the k-WTA and the dropout are then one operation on the winners). A unit whose activation
+is 0 contributes 0 forward and gets no gradient whether it is dropped or not, so the two are
+the same dropout (Srivastava et al. 2014: each unit kept independently with probability 1 - p,
+kept values scaled by 1 / (1 - p)); they use the random stream differently, so for one seed the
+results of ``active`` differ from those of ``all``.
+"""
 from __future__ import annotations
 
 import functools
+from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sparse_nte.layers import KWinnersBase
+from sparse_nte.layers import KWinners, KWinnersBase
+from sparse_nte.layers.functional import scale_nonzeros
 
-__all__ = ["HiddenBlock", "Dropout", "ExcitatoryKWinners"]
+__all__ = ["HiddenBlock", "Dropout", "ExcitatoryKWinners", "DROPOUT_DRAWS"]
+
+#: Choices of the config key ``dropout_draws`` (module docstring).
+DROPOUT_DRAWS = ("all", "active")
 
 
 @functools.lru_cache(maxsize=None)
@@ -29,7 +44,8 @@ def _bernoulli_draws_uniform_doubles() -> bool:
 
 
 class Dropout(nn.Dropout):
-    """``nn.Dropout`` (Srivastava et al. 2014, JMLR 15:1929) with the same output, bit for bit::
+    """``nn.Dropout`` (Srivastava et al. 2014, JMLR 15:1929); with ``draws="all"`` (default)
+    the same output, bit for bit::
 
         y = x * m / (1 - p),   m_i = [u_i < 1 - p],   u_i ~ U[0, 1) float64, torch's generator
 
@@ -39,17 +55,76 @@ class Dropout(nn.Dropout):
     masks, outputs, gradients and generator state afterwards. Where torch's ``bernoulli_`` takes
     another path (MKL on Intel CPUs, GPUs), in eval mode, for ``p = 0`` and ``inplace=True``, the
     module simply calls ``F.dropout``.
+
+    ``draws="active"``: one float64 uniform per non-zero entry of ``x`` (row-major order), the
+    mask 0 elsewhere (module docstring).
     """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (not self.training or self.inplace or not 0.0 < self.p < 1.0 or x.device.type != "cpu"
-                or not x.is_floating_point() or x.numel() == 0
-                or not _bernoulli_draws_uniform_doubles()):
-            return F.dropout(x, self.p, self.training, self.inplace)
+    def __init__(self, p: float = 0.5, inplace: bool = False, draws: str = "all") -> None:
+        super().__init__(p, inplace)
+        if draws not in DROPOUT_DRAWS:
+            raise ValueError(f"Dropout: draws must be one of {DROPOUT_DRAWS}, got {draws!r}")
+        self.draws = draws
+
+    def _noise(self, u: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """``m / (1 - p)`` from uniforms ``u``: 1 / (1 - p) where ``u < 1 - p``, else 0."""
         keep = 1.0 - self.p
+        return u.lt(keep).to(like.dtype).div_(keep)
+
+    def keep_scales(self, shape: torch.Size, like: torch.Tensor) -> torch.Tensor:
+        """``m / (1 - p)`` for ``shape`` fresh draws (float64 uniforms from torch's generator),
+        in ``like``'s dtype."""
+        return self._noise(torch.rand(shape, dtype=torch.float64, device=like.device), like)
+
+    def _portable(self, x: torch.Tensor) -> bool:
+        """Whether ``draws="all"`` draws its mask as ``uniform_()`` doubles in ``x``'s layout
+        (where that is what torch's own dropout does: module docstring)."""
+        return (self.training and not self.inplace and 0.0 < self.p < 1.0
+                and x.device.type == "cpu" and x.is_floating_point() and x.numel() > 0
+                and _bernoulli_draws_uniform_doubles())
+
+    def winner_scales(self, x: torch.Tensor) -> Optional["_WinnerDropout"]:
+        """This dropout on the output of a k-WTA applied to ``x``, drawn for its winners only
+        (:class:`_WinnerDropout`), or None where that is not the same operation."""
+        if not (self.training and 0.0 < self.p < 1.0 and not self.inplace
+                and x.is_floating_point() and x.dim() == 2):
+            return None
+        if self.draws == "all" and not (self._portable(x) and x.is_contiguous()):
+            return None
+        return _WinnerDropout(self, x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (self.draws == "active" and self.training and 0.0 < self.p < 1.0
+                and x.is_floating_point() and not self.inplace):
+            return scale_nonzeros(x, self.keep_scales)
+        if not self._portable(x):
+            return F.dropout(x, self.p, self.training, self.inplace)
         u = torch.empty_like(x, dtype=torch.float64).uniform_()   # element order = x's layout
-        noise = u.lt(keep).to(x.dtype).div_(keep)
-        return x * noise
+        return x * self._noise(u, x)
+
+
+class _WinnerDropout:
+    """A :class:`Dropout` applied to a k-WTA output through its winners
+    (:meth:`KWinners.forward`'s ``dropout``): ``at(idx, like)`` gives the multipliers of the
+    winners, ``apply(y)`` the dropout of a whole output (when the k-WTA takes its general path).
+
+    ``draws="all"``: every unit's uniform is drawn, as torch's dropout does, and read at the
+    winners: the output and gradient equal those of k-WTA followed by dropout, bit for bit, with
+    one pass over the units instead of five (the losers are 0 either way). ``draws="active"``:
+    one uniform per winner."""
+
+    def __init__(self, drop: Dropout, x: torch.Tensor) -> None:
+        self.drop = drop
+        self.shape = x.shape
+
+    def at(self, idx: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        if self.drop.draws == "active":
+            return self.drop.keep_scales(idx.shape, like)
+        u = torch.empty(self.shape, dtype=torch.float64, device=like.device).uniform_()
+        return self.drop._noise(u.gather(1, idx), like)
+
+    def apply(self, y: torch.Tensor) -> torch.Tensor:
+        return self.drop(y)
 
 
 class HiddenBlock(nn.Module):
@@ -59,14 +134,30 @@ class HiddenBlock(nn.Module):
     BEFORE dropout (activity statistics must not count the units dropout silenced).
     """
 
-    def __init__(self, layer: nn.Module, activation: nn.Module, dropout: float) -> None:
+    def __init__(self, layer: nn.Module, activation: nn.Module, dropout: float,
+                 dropout_draws: str = "all") -> None:
         super().__init__()
         self.layer = layer
         self.activation = activation
-        self.dropout = Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = Dropout(dropout, draws=dropout_draws) if dropout > 0 else nn.Identity()
+
+    def activate(self, h: torch.Tensor) -> torch.Tensor:
+        """``activation(h)``; a plain ReLU without autograd (evaluation) runs in place on the
+        layer's output (the same values, without writing a second activation tensor)."""
+        if type(self.activation) is nn.ReLU and not torch.is_grad_enabled():
+            return h.relu_()
+        return self.activation(h)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.activation(self.layer(x)))
+        h = self.layer(x)
+        act, drop = self.activation, self.dropout
+        if not torch.is_grad_enabled():
+            return drop(self.activate(h))
+        if isinstance(drop, Dropout) and type(act) is KWinners and act.training:
+            fused = drop.winner_scales(h)
+            if fused is not None:
+                return act(h, dropout=fused)   # the dropout applied to the k winners only
+        return drop(act(h))
 
 
 class ExcitatoryKWinners(nn.Module):

@@ -56,6 +56,7 @@ from models.blocks import ExcitatoryKWinners, HiddenBlock
 from models.spec import NetSpec
 from sparse_nte.dale import assign_signs, dale_init_
 from sparse_nte.layers import KWinners, KWinners2d, SparseWeights, SparseWeights2d, SparseWeightsBase
+from sparse_nte.sparse_exec import resolve_sparse_exec
 
 __all__ = ["Net", "MLP", "CNN", "CONV_CHANNELS", "CONV_KERNEL"]
 
@@ -156,7 +157,7 @@ class Net(nn.Module):
                 pre_sign = pre_sign.repeat_interleave(plans[i - 1].positions)   # channel -> C*H*W
             layer = self._make_layer(plan, pre_sign, gen, where=f"hidden layer {i}")
             activation = self._make_activation(plan, unit_signs[i] if unit_signs else None)
-            blocks.append(HiddenBlock(layer, activation, spec.dropout))
+            blocks.append(HiddenBlock(layer, activation, spec.dropout, spec.dropout_draws))
         self.blocks = nn.ModuleList(blocks)
 
         last = plans[-1]
@@ -196,8 +197,7 @@ class Net(nn.Module):
                                     generator=gen["mask"])
         else:
             layer = SparseWeights(module, sparsity=round(1.0 - plan.density, 12),
-                                  generator=gen["mask"])
-            layer.sparse_exec = self.spec.sparse_exec
+                                  generator=gen["mask"], sparse_exec="off")
         if pre_sign is not None:
             layer.set_presynaptic_sign(pre_sign)
             dale_init_(layer, gen["dale"])
@@ -208,6 +208,10 @@ class Net(nn.Module):
                 module.weight.mul_(math.sqrt(fan_in / live))
                 if module.bias is not None:
                     module.bias.mul_(math.sqrt(fan_in / live))
+        if isinstance(layer, SparseWeights):   # last: compact storage replaces `module`
+            w = layer.weight_param
+            layer.sparse_exec = resolve_sparse_exec(self.spec.sparse_exec, layer.density(),
+                                                    w.numel(), w.device, w.dtype)
         return layer
 
     def _make_activation(self, plan: _LayerPlan, sign: Optional[torch.Tensor]) -> nn.Module:
@@ -246,7 +250,7 @@ class Net(nn.Module):
             if recorder is None:
                 h = block(h)
             else:   # observe the activation before dropout
-                h = block.activation(block.layer(h))
+                h = block.activate(block.layer(h))
                 recorder.record(i, h)
                 h = block.dropout(h)
         return self._route(h, t)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
-from sparse_nte.config import check_key
+from sparse_nte.config import SCHEMA, check_key
 
 __all__ = ["NetSpec", "MODEL_KEYS"]
 
@@ -24,6 +24,8 @@ class NetSpec:
         hidden_units: width of every fully connected hidden layer.
         hidden_layers: number of fully connected hidden layers (>= 1).
         dropout: dropout probability after every hidden layer, in [0, 1).
+        dropout_draws: "all" (torch's dropout masks, bit for bit) or "active" (one draw per
+            non-zero activation / k-WTA winner; see :mod:`models.blocks`).
         sparsify: k-winner-take-all activations instead of ReLU.
         percent_on_fc, percent_on_conv: fraction of winners in fc / conv layers, in (0, 1].
         k_inference_factor, boost_strength, boost_strength_factor, duty_cycle_period: k-WTA
@@ -36,8 +38,8 @@ class NetSpec:
         dale_input: also give the input pixels (MLP) / input channels (CNN) fixed signs.
         dale_kwta: "include": all units compete in the k-WTA; "exclude": only excitatory units
             compete (k = round(n_E * percent_on)), inhibitory units pass through a ReLU.
-        sparse_exec: "auto", "on" or "off": execution path of the ``SparseWeights`` linear layers
-            (computation on live weights only; see :mod:`sparse_nte.sparse_exec`).
+        sparse_exec: "auto", "on", "off" or "compact": storage and execution path of the
+            ``SparseWeights`` linear layers (:func:`sparse_nte.sparse_exec.resolve_sparse_exec`).
         sparse_init: "torch" (PyTorch's default init, scaled for the full fan-in, as the original
             project) or "fan_in" (sparse layers without Dale's law scaled by
             sqrt(fan_in / live inputs), as nupic.torch's ``normalize_sparse_weights``).
@@ -63,6 +65,9 @@ class NetSpec:
     dale_kwta: str
     sparse_exec: str
     sparse_init: str
+    # keys added after the first release take the schema's default when not given (specs built
+    # by code written before them keep working); see ADDED_KEYS
+    dropout_draws: str = SCHEMA["dropout_draws"].default
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -77,6 +82,8 @@ class NetSpec:
         """
         if not isinstance(config, Mapping) or hasattr(config, "to_dict"):
             return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
+        later = {k: SCHEMA[k].default for k in ADDED_KEYS if k not in config}
+        config = {**config, **later}
         missing = [f.name for f in fields(cls) if f.name not in config]
         if missing:
             raise ValueError(f"build_model: config lacks the model key(s) {', '.join(missing)} "
@@ -85,6 +92,9 @@ class NetSpec:
 
 
 MODEL_KEYS: tuple[str, ...] = tuple(f.name for f in fields(NetSpec))
+#: Model keys added after the first release: a plain mapping without them (written for an
+#: earlier version) gets their schema default.
+ADDED_KEYS: tuple[str, ...] = ("dropout_draws",)
 
 
 def _check(name: str, value: Any) -> None:

@@ -135,7 +135,7 @@ class _ProjectAfterStep:
     def __call__(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
         trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
         for layer in self.layers:
-            if id(layer.module.weight) in trained:
+            if id(layer.weight_param) in trained:
                 layer.enforce_constraints()
 
 
@@ -148,7 +148,10 @@ def constrain_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module) -> R
     read, so correctness never depends on this call; with it, the values stored in the
     parameters satisfy the constraints directly after each step too (what optimizers, plasticity
     schedules and statistics that read ``module.weight`` see). The projection is idempotent, so
-    registering it twice is harmless (but costs twice the time).
+    registering it twice is harmless (but costs twice the time). Compact sparse layers
+    (``sparse_exec = "compact"``) are also given the optimizer
+    (:meth:`~sparse_nte.layers.SparseWeights.attach_optimizer`), so that a change of their live
+    set carries its state along.
 
     Returns the hook's handle (``handle.remove()`` detaches it).
     """
@@ -158,4 +161,10 @@ def constrain_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module) -> R
     if not isinstance(model, nn.Module):
         raise ValueError(f"constrain_optimizer expects an nn.Module as model, got "
                          f"{type(model).__name__}")
-    return optimizer.register_step_post_hook(_ProjectAfterStep(model))
+    hook = _ProjectAfterStep(model)
+    trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    for layer in hook.layers:   # compact layers move the optimizer's state when masks change
+        attach = getattr(layer, "attach_optimizer", None)
+        if attach is not None and id(layer.weight_param) in trained:
+            attach(optimizer)
+    return optimizer.register_step_post_hook(hook)

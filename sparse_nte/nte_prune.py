@@ -64,7 +64,7 @@ def prunable_layers(model: nn.Module, optimizer: ExpertEnsemble) -> List[Tuple[s
     (plain ``nn.Linear`` layers have no mask to prune)."""
     managed = {id(p) for p in optimizer.managed_params()}
     return [(name, m) for name, m in model.named_modules()
-            if isinstance(m, SparseWeightsBase) and id(m.weight) in managed]
+            if isinstance(m, SparseWeightsBase) and id(m.weight_param) in managed]
 
 
 def prune_mask(layer: SparseWeightsBase, optimizer: ExpertEnsemble, rule: str = "magnitude",
@@ -76,7 +76,7 @@ def prune_mask(layer: SparseWeightsBase, optimizer: ExpertEnsemble, rule: str = 
     are all equal).
     """
     _check(optimizer, rule, rate, z)
-    st = optimizer.state.get(layer.weight)
+    st = optimizer.state.get(layer.weight_param)
     if not st or LOG_MAGNITUDE not in st:
         raise ValueError("prune_mask: the layer's weight is not managed by this NTE optimizer")
     live = ~layer.zero_mask
@@ -86,13 +86,14 @@ def prune_mask(layer: SparseWeightsBase, optimizer: ExpertEnsemble, rule: str = 
         k = int(round(rate * n_live))
         if k == 0:
             return prune
-        key = st[LOG_MAGNITUDE].masked_fill(~live, math.inf).flatten()
+        key = layer.to_dense_layout(st[LOG_MAGNITUDE], math.inf).masked_fill(~live, math.inf)
+        key = key.flatten()
         idx = torch.topk(key, k, largest=False, sorted=False).indices
         prune.view(-1)[idx] = True
         return prune
     if n_live < 2:
         return prune
-    score = st[PRUNE_SCORE]
+    score = layer.to_dense_layout(st[PRUNE_SCORE])
     values = score[live].double()
     std = float(values.std())
     if not std > 0:
@@ -116,7 +117,11 @@ def nte_prune(model: nn.Module, optimizer: ExpertEnsemble, rule: str = "magnitud
         mask = prune_mask(layer, optimizer, rule, rate, z)
         count = int(mask.sum())
         if count:
-            layer.set_zero_mask(layer.zero_mask | mask)
-            optimizer.reset_positions(layer.weight, mask)
+            if getattr(layer, "compact", False):   # the experts move with the live set
+                layer.attach_optimizer(optimizer)
+                layer.set_zero_mask(layer.zero_mask | mask)
+            else:
+                layer.set_zero_mask(layer.zero_mask | mask)
+                optimizer.reset_positions(layer.weight, mask)
         pruned[name] = count
     return pruned

@@ -10,6 +10,13 @@ module does that for every optimizer of the project::
 
     state[key][changed] = initial value of state[key]      for every per-weight state tensor
 
+Compact parameters (:class:`~sparse_nte.layers.compact.CompactLinear`) hold only the live
+weights, so a change of connectivity changes the parameter's length: :func:`remap_positions`
+moves every per-weight state tensor along with the weights, ``state_new[i] = state_old[src[i]]``
+for a connection that survives and the initial value for a grown one (a pruned connection's
+state disappears with it), which is :func:`reset_positions` at the changed positions of the
+masked-dense layer.
+
 Caveat for the Adam family: the step counter ``state["step"]`` is one scalar per tensor, so a
 reset position is bias-corrected as an old one. Its first update is then
 ``lr * (1 - beta1) * g / sqrt((1 - beta2) * g**2) = lr * (1 - beta1) / sqrt(1 - beta2)``
@@ -22,7 +29,7 @@ from typing import Callable, Dict
 
 import torch
 
-__all__ = ["reset_positions", "ZEROED_STATE_KEYS"]
+__all__ = ["reset_positions", "remap_positions", "ZEROED_STATE_KEYS"]
 
 #: Per-weight state tensors whose initial value is zero, by the optimizers that keep them:
 #: SGD / RMSprop ``momentum_buffer``; Adam, AdamW, NAdam, RAdam, Adamax ``exp_avg``;
@@ -105,3 +112,61 @@ def reset_positions(optimizer: torch.optim.Optimizer, param: torch.Tensor,
                 value.masked_fill_(mask, 0.0)
             else:
                 value.masked_fill_(mask, _GROUP_INITIAL[key](group))
+
+
+def remap_positions(optimizer: torch.optim.Optimizer, param: torch.Tensor,
+                    source: torch.Tensor) -> None:
+    """Rearrange the optimizer's per-weight state of the 1-d ``param`` after its entries were
+    rearranged: entry ``i`` of the new ``param`` was entry ``source[i]`` of the old one, or is
+    new where ``source[i] < 0``. Call it after ``param`` has its new length.
+
+    * An optimizer that defines ``remap_positions(param, source)`` (the NTE optimizer: it moves
+      its experts and derives the new ones from the weight values) is delegated to.
+    * Otherwise every per-weight state tensor (1-d, the old length) becomes
+      ``new[i] = old[source[i]]``, and the initial value of its key (as in
+      :func:`reset_positions`) where ``source[i] < 0``. Scalar state (``step``) is unchanged.
+
+    Raises:
+        ValueError: ``param`` is not 1-d or not trained by ``optimizer``; ``source`` is not an
+            int64 vector of ``param``'s length; a state tensor does not have the old length; or
+            the optimizer keeps per-weight state whose initial value is unknown.
+    """
+    if param.dim() != 1:
+        raise ValueError(f"remap_positions: param must be 1-d (compact live values), got shape "
+                         f"{tuple(param.shape)}")
+    if not isinstance(source, torch.Tensor) or source.dtype != torch.int64 \
+            or source.shape != param.shape:
+        got = (f"{source.dtype} {tuple(source.shape)}" if isinstance(source, torch.Tensor)
+               else type(source).__name__)
+        raise ValueError(f"remap_positions: source must be an int64 tensor of shape "
+                         f"{tuple(param.shape)}, got {got}")
+    delegate = getattr(optimizer, "remap_positions", None)
+    if callable(delegate):
+        delegate(param, source)
+        return
+    group = _find_group(optimizer, param)
+    state = optimizer.state.get(param)
+    if not state:
+        return
+    kept = source >= 0
+    src = source.clamp(min=0)
+    with torch.no_grad():
+        for key, value in list(state.items()):
+            if not isinstance(value, torch.Tensor) or value.dim() == 0:
+                continue
+            if key not in ZEROED_STATE_KEYS and key not in _GROUP_INITIAL:
+                raise ValueError(
+                    f"remap_positions: {type(optimizer).__name__} keeps per-weight state "
+                    f"{key!r} whose initial value is unknown; supported keys are "
+                    f"{sorted(ZEROED_STATE_KEYS)} and {sorted(_GROUP_INITIAL)}, or define "
+                    f"{type(optimizer).__name__}.remap_positions(param, source)")
+            if value.dim() != 1 or (bool(kept.any()) and int(src[kept].max()) >= value.numel()):
+                raise ValueError(f"remap_positions: state {key!r} has shape {tuple(value.shape)},"
+                                 f" which does not hold the old positions named by source")
+            initial = 0.0 if key in ZEROED_STATE_KEYS else _GROUP_INITIAL[key](group)
+            if value.numel():
+                moved = value.index_select(0, src.to(value.device))
+                moved.masked_fill_(~kept.to(value.device), initial)
+            else:
+                moved = torch.full(param.shape, initial, dtype=value.dtype, device=value.device)
+            state[key] = moved

@@ -6,7 +6,8 @@ bottom.
     for each task i:
         learner.on_task_start; train `train_ep` (i = 0) or `train_ep_inc` (i > 0) epochs on task i
         (or tasks 0..i if cumul), each epoch on the rows the selection keeps; learner.on_task_end
-        evaluate every task j (also those not trained yet) ──► row i of the accuracy matrix R
+        evaluate the tasks the metrics need (eval_tasks: 0..i+1, or every task) ──► row i of the
+        accuracy matrix R, with the activity statistics recorded in the same pass
         record stats, write a checkpoint (atomically)
     metrics from the trained rows ──► <results>/<folder>/seed<k>.pkl (atomically), checkpoint removed
 
@@ -40,6 +41,8 @@ import torch.nn as nn
 from sparse_nte import stats as model_stats
 from sparse_nte.config import Config, config_from_dict
 from sparse_nte.errors import CheckpointError, DivergedError, ResultsError
+from sparse_nte.evaluation import (EVAL_BATCH, EvalSpec, evaluate_task, evaluate_tasks,
+                                   examples_matrix, random_init_tasks, subset_rows, tasks_after)
 from sparse_nte.identity import describe_differences, differences
 from sparse_nte.layers import update_boost_strength
 from sparse_nte.learner import Learner, build_learner
@@ -50,7 +53,6 @@ from sparse_nte.seams import Batch, TaskContext
 
 __all__ = ["run_trial", "evaluate", "TrialResult", "as_config", "STATUSES"]
 
-EVAL_BATCH = 2048
 CHECKPOINT_FORMAT = 2
 _CHECKPOINT_KEYS = ("config", "model", "learner", "acc", "stats", "elapsed_s", "random_init_acc",
                     "torch_rng", "next_task")
@@ -84,28 +86,33 @@ def _shuffle_generator(seed: int, task: int, epoch: int) -> torch.Generator:
 def evaluate(model: nn.Module, scenario, task_index: int, after_task: int, device: str = "cpu",
              batch_size: int = EVAL_BATCH) -> float:
     """Test accuracy on task ``task_index`` after training task ``after_task`` (exact: every test
-    example counted once).
+    example counted once), in eval mode.
 
     Class-incremental: the prediction is the argmax over the classes seen up to ``after_task``.
     """
     model.eval()
-    allowed = None
-    if scenario.setting == "class":
-        allowed = scenario.seen_outputs(after_task).to(device)
-    correct = total = 0
-    for x, y, t in scenario.batches(task_index, "test", batch_size=batch_size, shuffle=False, device=device):
-        logits = model(x, t)
-        if allowed is not None:
-            pred = allowed[logits.index_select(1, allowed).argmax(1)]
-        else:
-            pred = logits.argmax(1)
-        correct += int((pred == y).sum())
-        total += int(y.numel())
+    correct, total = evaluate_task(model, scenario, task_index, after_task, device, batch_size)
     return correct / max(total, 1)
 
 
 def _evaluate_all(model, scenario, after_task: int, device: str) -> np.ndarray:
+    """Every task's accuracy after ``after_task`` (the full row of the matrix)."""
     return np.array([evaluate(model, scenario, j, after_task, device) for j in range(len(scenario.tasks))])
+
+
+def _evaluate_row(model: nn.Module, scenario, after_task: int, spec: EvalSpec, seed: int,
+                  device: str, record: bool):
+    """Row ``after_task`` of the accuracy matrix as the spec asks (:mod:`sparse_nte.evaluation`):
+    the tasks it needs, old ones on their subsets between full rows; with ``record``, the
+    activity of the seen tasks from the same pass."""
+    num_tasks = len(scenario.tasks)
+    tasks = tasks_after(after_task, num_tasks, spec.tasks)
+    rows = None
+    if not spec.full_row(after_task, num_tasks):
+        rows = {j: subset_rows(scenario.tasks[j].num_test, spec.subset, seed, j)
+                for j in tasks if j < after_task}
+    seen = list(range(after_task + 1)) if record else []
+    return evaluate_tasks(model, scenario, tasks, after_task, device, rows=rows, record=seen)
 
 
 def _nonfinite_parameter(model: nn.Module) -> Optional[str]:
@@ -279,6 +286,7 @@ def run_trial(config: Any, results_dir: os.PathLike = "results", *, folder: Opti
     for warning in learner.warnings:
         log(f"[{exp} seed {seed}] {warning}")
 
+    eval_spec = EvalSpec.from_config(config)
     acc = np.full((num_tasks, num_tasks), np.nan)
     stats: Dict[str, list] = {"per_task": []}
     elapsed = 0.0
@@ -292,7 +300,11 @@ def run_trial(config: Any, results_dir: os.PathLike = "results", *, folder: Opti
         start_task = state["next_task"]
         log(f"[{exp} seed {seed}] resuming at task {start_task} from {ckpt}")
     if random_init_acc is None:
-        random_init_acc = _evaluate_all(model, scenario, num_tasks - 1, device)
+        init_row = evaluate_tasks(model, scenario, random_init_tasks(num_tasks, eval_spec.tasks),
+                                  num_tasks - 1, device)
+        random_init_acc = np.full(num_tasks, np.nan)
+        for j, a in init_row.accuracy.items():
+            random_init_acc[j] = a
 
     diverged: Optional[DivergedError] = None
     trained = start_task
@@ -309,12 +321,18 @@ def run_trial(config: Any, results_dir: os.PathLike = "results", *, folder: Opti
             log(f"[{exp} seed {seed}] {exc}")
             break
         t_train = time.perf_counter() - t0
-        acc[i] = _evaluate_all(model, scenario, i, device)
+        linearized = isinstance(model, LinearizedNetwork)   # its own layers have no activity
+        row = _evaluate_row(model, scenario, i, eval_spec, seed, device,
+                            record=config.record_stats and not linearized)
+        for j, a in row.accuracy.items():
+            acc[i, j] = a
         t_eval = time.perf_counter() - t0 - t_train
-        task_stats = {"task": i, "train_s": t_train, "eval_s": t_eval, **train_info, **learner.stats()}
-        if config.record_stats:   # a linearized network's own layers; it has no hidden activity
-            net, activity = (model.net, None) if isinstance(model, LinearizedNetwork) else (model, scenario)
-            task_stats.update(model_stats.model_stats(net, activity, i, device=device))
+        task_stats = {"task": i, "train_s": t_train, "eval_s": t_eval,
+                      "eval_examples": dict(row.examples), **train_info, **learner.stats()}
+        if config.record_stats:
+            net = model.net if linearized else model
+            activity = None if linearized else [row.activity[j] for j in range(i + 1)]
+            task_stats.update(model_stats.model_stats(net, activity=activity))
         stats["per_task"].append(task_stats)
         elapsed += time.perf_counter() - t0
         trained = i + 1
@@ -338,6 +356,8 @@ def run_trial(config: Any, results_dir: os.PathLike = "results", *, folder: Opti
         "config": config.to_dict(),
         "status": "done" if diverged is None else "diverged",
         "acc_matrix": acc,
+        "acc_examples": examples_matrix([t.get("eval_examples") for t in stats["per_task"]]
+                                        + [None] * (num_tasks - len(stats["per_task"])), num_tasks),
         "random_init_acc": np.asarray(random_init_acc),
         "metrics": metrics,
         "stats": model_stats.finalize(stats, learner.history()),

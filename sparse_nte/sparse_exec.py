@@ -61,6 +61,9 @@ __all__ = [
     "LiveConnections",
     "sparse_linear",
     "prefers_sparse",
+    "prefers_compact",
+    "resolve_sparse_exec",
+    "AUTO_COMPACT_MAX_DENSITY",
     "auto_max_density",
     "check_sparse_exec",
     "set_sparse_exec",
@@ -68,7 +71,7 @@ __all__ = [
     "SparseExecutable",
 ]
 
-SPARSE_EXEC_MODES = ("auto", "on", "off")
+SPARSE_EXEC_MODES = ("auto", "on", "off", "compact")
 
 # The auto rule: (minimum batch rows, maximum density) pairs, largest batch first. Crossovers
 # measured on a 2-core AMD EPYC (AVX-512, torch 2.13 + MKL, 1 thread) by
@@ -78,12 +81,19 @@ SPARSE_EXEC_MODES = ("auto", "on", "off")
 # marginally or lost at every batch size: they stay dense below AUTO_MIN_WEIGHTS weights.
 AUTO_DENSITY_BY_BATCH: tuple[tuple[int, float], ...] = ((64, 0.20), (16, 0.10))
 AUTO_MIN_WEIGHTS = 1 << 17
+# The storage rule of the config value ``auto`` (:func:`prefers_compact`): compact storage (only
+# the live weights stored, trained and updated) for layers of at least AUTO_MIN_WEIGHTS weights up
+# to this density. Crossover of a whole training step (products, gradient, SGD with momentum and
+# weight decay, constraint projection) at batch 128 measured by bench/bench_sparse.py --sections
+# compact; evaluation batches of compact layers above EVAL_DENSE_DENSITY run on the cached dense
+# view (sparse_nte.layers.compact).
+AUTO_COMPACT_MAX_DENSITY = 0.25
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
 
 def check_sparse_exec(mode: Any, where: str = "sparse_exec") -> str:
-    """Return ``mode`` if it is one of ``auto``, ``on``, ``off``; else raise ``ValueError``."""
+    """Return ``mode`` if it is one of :data:`SPARSE_EXEC_MODES`; else raise ``ValueError``."""
     if not isinstance(mode, str) or mode not in SPARSE_EXEC_MODES:
         raise ValueError(f"{where} must be one of {', '.join(SPARSE_EXEC_MODES)}, got {mode!r}")
     return mode
@@ -159,9 +169,48 @@ class LiveConnections:
         gather within the ``nnz`` values, cheaper than a second gather from the weight."""
         return values.index_select(0, self.order_t)
 
+    @property
+    def row_idx(self) -> torch.Tensor:
+        """(nnz,) int64: the row (output unit) of every live entry, in row-major order."""
+        rows = self.__dict__.get("_row_idx")
+        if rows is None:
+            rows = self.flat_idx.div(self.in_features, rounding_mode="floor")
+            self._row_idx = rows
+        return rows
+
+    def positions(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(pos, live)`` for int64 flat indices ``i * in + j`` of the dense weight: ``pos`` the
+        position of each among the live entries (row-major) and ``live`` whether it is one
+        (``pos`` is meaningless where ``live`` is False). A binary search in ``flat_idx``."""
+        flat = flat.to(self.flat_idx.device)
+        if self.nnz == 0:
+            zeros = torch.zeros_like(flat)
+            return zeros, torch.zeros_like(flat, dtype=torch.bool)
+        pos = torch.searchsorted(self.flat_idx, flat).clamp_(max=self.nnz - 1)
+        return pos, self.flat_idx.index_select(0, pos) == flat
+
+    def scatter(self, values: torch.Tensor) -> torch.Tensor:
+        """The dense ``(out, in)`` matrix holding ``values`` (row-major live order) at the live
+        entries and exact zeros elsewhere (differentiable; also under ``torch.func``)."""
+        dense = values.new_zeros(self.out_features * self.in_features)
+        return dense.index_put((self.flat_idx,), values).view(self.out_features,
+                                                               self.in_features)
+
+    def sampled_mm(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        """``(left @ right)`` at the live entries, (nnz,) in row-major order, for ``left``
+        (out, K) and ``right`` (K, in): a sampled dense-dense product (SDDMM), ``nnz * K``
+        multiply-adds instead of ``out * in * K``. With ``left = dy^T`` and ``right = x`` it is
+        the weight gradient of the live entries."""
+        if self.nnz == 0:
+            return left.new_zeros(0)
+        with _quiet_csr():
+            sampled = torch.sparse.sampled_addmm(self.pattern(left.dtype), left, right, beta=0.0)
+        return sampled.values()
+
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_patterns"] = {}   # sparse CSR tensors are rebuilt on demand
+        state.pop("_row_idx", None)
         return state
 
     def __repr__(self) -> str:
@@ -249,11 +298,8 @@ class _SparseLinear(torch.autograd.Function):
             grad_x_t = _bag_product(live.row_idx_t, live.col_ptr, values_t, grad_y_t)  # (in, B)
             grad_x = grad_x_t.t().contiguous()
         if need_w:
-            with _quiet_csr():
-                sampled = torch.sparse.sampled_addmm(live.pattern(grad_y.dtype), grad_y_t,
-                                                     x_t.t(), beta=0.0)
             grad_w = grad_y.new_zeros(live.out_features * live.in_features)
-            grad_w.index_copy_(0, live.flat_idx, sampled.values())
+            grad_w.index_copy_(0, live.flat_idx, live.sampled_mm(grad_y_t, x_t.t()))
             grad_w = grad_w.view(live.out_features, live.in_features)
         if need_b and ctx.has_bias:
             grad_b = grad_y.sum(dim=0)
@@ -312,6 +358,38 @@ def prefers_sparse(density: float, num_weights: int, batch: int, device: torch.d
     if device.type != "cpu" or dtype not in _SUPPORTED_DTYPES or num_weights < AUTO_MIN_WEIGHTS:
         return False
     return 0.0 < density <= auto_max_density(batch)
+
+
+def prefers_compact(density: float, num_weights: int, device: torch.device,
+                    dtype: torch.dtype) -> bool:
+    """The storage rule of the config value ``sparse_exec = auto``: is storing (and training)
+    only the live weights expected to be faster than the masked-dense layer?
+
+    True for CPU float32/float64 layers of at least :data:`AUTO_MIN_WEIGHTS` weights whose
+    density is in ``(0, AUTO_COMPACT_MAX_DENSITY]``. A fixed function of shape and density
+    (never of timings taken during the run), decided when the model is built."""
+    if device.type != "cpu" or dtype not in _SUPPORTED_DTYPES or num_weights < AUTO_MIN_WEIGHTS:
+        return False
+    return 0.0 < density <= AUTO_COMPACT_MAX_DENSITY
+
+
+def resolve_sparse_exec(mode: str, density: float, num_weights: int, device: torch.device,
+                        dtype: torch.dtype) -> str:
+    """The layer mode the config key ``sparse_exec`` gives a sparse fc layer of ``density`` and
+    ``num_weights`` weights (what :func:`models.build_model` sets):
+
+    * ``off``, ``on``: as given (the layer's own meaning);
+    * ``compact``: ``compact`` for a layer below density 1 (a layer that starts dense, e.g. a
+      head carrying Dale's signs or a layer a schedule will prune, keeps the dense storage with
+      ``auto`` products);
+    * ``auto``: ``compact`` where :func:`prefers_compact`, else the layer's ``auto``.
+    """
+    check_sparse_exec(mode)
+    if mode == "compact":
+        return "compact" if density < 1.0 else "auto"
+    if mode == "auto" and prefers_compact(density, num_weights, device, dtype):
+        return "compact"
+    return mode
 
 
 class SparseLinearOverride(TorchFunctionMode):

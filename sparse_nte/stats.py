@@ -25,16 +25,19 @@ winners are kept among the channels at each of the ``H*W`` locations, so ``w = k
 Hidden activity on the test sets of the tasks seen so far (:func:`activity_stats`) is recorded
 before dropout, in eval mode, through the model's ``record_activity()``
 (:class:`models.Net`): per layer the fraction of active units per task, the units' usage per
-task and the usage overlap between tasks.
+task and the usage overlap between tasks. The runner records it during its evaluation pass
+(:mod:`sparse_nte.evaluation`) and builds the statistics from those recordings
+(:func:`activity_from_summaries`), so the test sets are read once.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from sparse_nte.evaluation import evaluate_tasks
 from sparse_nte.layers import KWinnersBase, SparseWeightsBase
 
 __all__ = [
@@ -45,6 +48,7 @@ __all__ = [
     "kwinners_entropy",
     "usage_overlap",
     "activity_stats",
+    "activity_from_summaries",
     "model_stats",
     "to_plain",
     "finalize",
@@ -163,19 +167,18 @@ def activity_stats(model: nn.Module, scenario: Any, task_index: int, *, device: 
     if not (isinstance(task_index, int) and 0 <= task_index < len(scenario.tasks)):
         raise ValueError(f"activity_stats: task_index must be in [0, {len(scenario.tasks)}), got "
                          f"{task_index!r}")
-    was_training = model.training
-    model.eval()
-    per_task = []
-    try:
-        with torch.inference_mode():
-            for j in range(task_index + 1):
-                with model.record_activity() as recorder:
-                    for x, _, t in scenario.batches(j, "test", batch_size=batch_size, shuffle=False,
-                                                    device=device):
-                        model(x, t)
-                per_task.append(recorder.summary())
-    finally:
-        model.train(was_training)
+    seen = list(range(task_index + 1))
+    row = evaluate_tasks(model, scenario, seen, task_index, device, batch_size=batch_size,
+                         record=seen)
+    return activity_from_summaries([row.activity[j] for j in seen])
+
+
+def activity_from_summaries(per_task: Sequence[Mapping[str, Any]]
+                            ) -> dict[str, dict[str, np.ndarray]]:
+    """The statistics of :func:`activity_stats` from one ``ActivityRecorder.summary()`` per task
+    (tasks 0..T-1 in order), e.g. recorded during the evaluation pass."""
+    if not per_task:
+        raise ValueError("activity_from_summaries: no task summaries")
     out: dict[str, dict[str, np.ndarray]] = {}
     for name in per_task[0]:
         entries = [summary[name] for summary in per_task]
@@ -194,10 +197,13 @@ def activity_stats(model: nn.Module, scenario: Any, task_index: int, *, device: 
 
 
 def model_stats(model: nn.Module, scenario: Any = None, task_index: Optional[int] = None, *,
-                device: Any = "cpu", batch_size: int = 1024) -> dict[str, Any]:
+                device: Any = "cpu", batch_size: int = 1024,
+                activity: Optional[Sequence[Mapping[str, Any]]] = None) -> dict[str, Any]:
     """All of the above in one dict: ``layers`` (:func:`layer_stats`), ``sign_violations`` and
     ``mask_violations`` (totals), ``kwinners`` (:func:`kwinners_entropy`), and with a
-    ``scenario`` and ``task_index`` also ``activity`` (:func:`activity_stats`)."""
+    ``scenario`` and ``task_index`` also ``activity`` (:func:`activity_stats`), or from
+    ``activity``, recorder summaries of the seen tasks taken during evaluation
+    (:func:`activity_from_summaries`)."""
     layers = layer_stats(model)
     out = {
         "layers": layers,
@@ -205,7 +211,9 @@ def model_stats(model: nn.Module, scenario: Any = None, task_index: Optional[int
         "mask_violations": sum(s["mask_violations"] for s in layers.values()),
         "kwinners": kwinners_entropy(model),
     }
-    if scenario is not None:
+    if activity is not None:
+        out["activity"] = activity_from_summaries(activity)
+    elif scenario is not None:
         if task_index is None:
             raise ValueError("model_stats: with a scenario, pass task_index (the last task trained)")
         out["activity"] = activity_stats(model, scenario, task_index, device=device,

@@ -128,7 +128,10 @@ def test_tiny_permuted_run_writes_documented_pickle(tmp_path, cfg_file):
         assert key in stored
     acc = stored["acc_matrix"]
     assert isinstance(acc, np.ndarray) and acc.shape == (3, 3)
-    assert np.all((acc >= 0) & (acc <= 1))
+    needed = np.tril(np.ones((3, 3), dtype=bool)) | np.eye(3, k=1, dtype=bool)
+    assert np.all((acc[needed] >= 0) & (acc[needed] <= 1))
+    assert np.isnan(acc[~needed]).all()                  # eval_tasks = needed: no metric reads it
+    np.testing.assert_array_equal(stored["acc_examples"] > 0, needed)
     assert set(stored["metrics"]) >= {"avg_acc", "bwt", "forgetting", "fwt", "plasticity"}
     assert stored["metrics"]["avg_acc"] == pytest.approx(acc[-1].mean())
     np.testing.assert_array_equal(stored["metrics"]["plasticity"], np.diag(acc))
@@ -201,8 +204,10 @@ def test_split_settings_run(tmp_path, cfg_file, name, heads):
     assert acc.shape == (5, 5)
     if name == "tiny_split_class":
         # class-incremental: predictions range over the classes seen so far, so a task whose
-        # classes have not been seen yet scores exactly 0
-        assert np.all(acc[np.triu_indices(5, k=1)] == 0)
+        # classes have not been seen yet scores exactly 0 (the next task; later ones are not
+        # evaluated: eval_tasks = needed)
+        assert np.all(np.diag(acc, k=1) == 0)
+        assert np.isnan(acc[np.triu_indices(5, k=2)]).all()
         assert np.diag(acc).mean() > 0.7
     else:
         # task-incremental with separate heads: 2-way tasks learnt well above chance

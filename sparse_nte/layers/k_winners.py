@@ -41,7 +41,7 @@ import torch
 import torch.nn as nn
 
 from sparse_nte import duty_cycle_metrics
-from sparse_nte.layers.functional import kwinners, kwinners2d
+from sparse_nte.layers.functional import kwinners2d, kwinners_with_indices
 
 __all__ = ["KWinnersBase", "KWinners", "KWinners2d", "update_boost_strength"]
 
@@ -228,15 +228,30 @@ class KWinners(KWinnersBase):
         self.n = n
         self.register_buffer("duty_cycle", torch.zeros(n))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, dropout: Any = None) -> torch.Tensor:
+        """k winners of every row of ``x``, then (optionally) ``dropout``: an object with
+        ``at(idx, like)``, the multipliers (batch, k) of the winners ``idx`` (used when the
+        compact selection applies), and ``apply(y)``, the dropout of a whole output (used
+        otherwise), e.g. :class:`models.blocks.HiddenBlock`'s. The duty cycles count the
+        winners before the dropout."""
         if x.dim() != 2 or x.shape[1] != self.n:
             raise ValueError(f"KWinners(n={self.n}) expects input of shape (batch, {self.n}), "
                              f"got {tuple(x.shape)}")
         k = self.k if self.training else self.k_inference
-        y = kwinners(x, self.duty_cycle, k, self._cached_boost_strength, self.break_ties,
-                     self.relu, self.inplace)
+        builtin = type(self).update_duty_cycle is KWinners.update_duty_cycle
+        y, idx = kwinners_with_indices(x, self.duty_cycle, k, self._cached_boost_strength,
+                                       self.break_ties, self.relu, self.inplace,
+                                       None if dropout is None else dropout.at)
         if self.training:
-            self.update_duty_cycle(y)
+            if idx is None or not builtin:
+                self.update_duty_cycle(y)   # (an override must see the output, as in nupic)
+            else:   # count the active winners only: the same counts, without a pass over y
+                with torch.no_grad():
+                    active = idx[x.detach().gather(1, idx) > 0]
+                    counts = torch.bincount(active, minlength=self.n).to(torch.float)
+                    self._update_duty_cycle(counts, x.shape[0])
+        if dropout is not None and idx is None:
+            y = dropout.apply(y)
         return y
 
     def update_duty_cycle(self, x: torch.Tensor) -> None:

@@ -32,11 +32,13 @@ import abc
 import math
 import warnings
 import weakref
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
 
+from sparse_nte.layers.compact import CompactLinear, rewire
+from sparse_nte.optim_state import remap_positions
 from sparse_nte.sparse_exec import (
     LiveConnections,
     SparseLinearOverride,
@@ -136,6 +138,24 @@ class SparseWeightsBase(nn.Module, HasRezeroWeights):
         return self.module.bias
 
     @property
+    def weight_param(self) -> nn.Parameter:
+        """The trained tensor behind the weight: ``module.weight`` (dense storage) or
+        ``module.values`` (compact storage, :class:`~sparse_nte.layers.SparseWeights`). Use it
+        to find the weight among an optimizer's parameters; reading it applies no constraint."""
+        return self.module.weight
+
+    def to_dense_layout(self, t: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+        """A per-weight tensor of the trained parameter (the weight's shape; ``(nnz,)`` with
+        compact storage) in the weight's dense layout, ``fill`` at pruned positions of a
+        compact layer. Dense storage: ``t`` itself."""
+        return t
+
+    def from_dense_layout(self, t: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`to_dense_layout`: the entries of a weight-shaped tensor that
+        belong to the trained parameter (the live ones with compact storage)."""
+        return t
+
+    @property
     def weight_sparsity(self) -> float:
         warnings.warn("`weight_sparsity` is deprecated; use `sparsity`.", DeprecationWarning,
                       stacklevel=2)
@@ -145,9 +165,14 @@ class SparseWeightsBase(nn.Module, HasRezeroWeights):
         return f"sparsity={self.sparsity}" + (", dale=True" if self.dale_sign is not None else "")
 
     # -- constraints -------------------------------------------------------------------------
-    def _fan_in(self) -> int:
+    def _weight_spec(self) -> tuple[torch.Size, torch.dtype, torch.device]:
+        """Shape, dtype and device of the (dense) weight, without materialising it."""
         w = self.module.weight
-        return int(w[0].numel())
+        return w.shape, w.dtype, w.device
+
+    def _fan_in(self) -> int:
+        shape = self._weight_spec()[0]
+        return int(torch.Size(shape[1:]).numel())
 
     def _make_mask(self, generator: Optional[torch.Generator]) -> torch.Tensor:
         w = self.module.weight
@@ -160,15 +185,14 @@ class SparseWeightsBase(nn.Module, HasRezeroWeights):
         """``dale_sign`` shaped to broadcast over the weight, or None without Dale's law."""
         if self.dale_sign is None:
             return None
-        w = self.module.weight
-        return self.dale_sign.view((1, -1) + (1,) * (w.dim() - 2))
+        return self.dale_sign.view((1, -1) + (1,) * (len(self._weight_spec()[0]) - 2))
 
     def set_zero_mask(self, zero_mask: torch.Tensor) -> None:
         """Replace the mask (True = held at zero) and apply it at once. Plasticity schedules use
         this; they are responsible for resetting optimizer state at the changed positions."""
-        w = self.module.weight
-        if zero_mask.shape != w.shape or zero_mask.dtype != torch.bool:
-            raise ValueError(f"zero_mask must be a bool tensor of shape {tuple(w.shape)}, got "
+        shape = self._weight_spec()[0]
+        if zero_mask.shape != shape or zero_mask.dtype != torch.bool:
+            raise ValueError(f"zero_mask must be a bool tensor of shape {tuple(shape)}, got "
                              f"{zero_mask.dtype} {tuple(zero_mask.shape)}")
         self.zero_mask.copy_(zero_mask)
         self.enforce_constraints()
@@ -179,8 +203,9 @@ class SparseWeightsBase(nn.Module, HasRezeroWeights):
         if sign is None:
             self.dale_sign = None
             return
-        n_in = self.module.weight.shape[1]
-        sign = torch.as_tensor(sign, dtype=self.module.weight.dtype, device=self.module.weight.device)
+        shape, dtype, device = self._weight_spec()
+        n_in = shape[1]
+        sign = torch.as_tensor(sign, dtype=dtype, device=device)
         if sign.shape != (n_in,) or not bool(((sign == 1) | (sign == -1)).all()):
             raise ValueError(f"presynaptic sign must be a ({n_in},) tensor of +1/-1 values")
         self.dale_sign = sign.clone()
@@ -210,12 +235,13 @@ class SparseWeightsBase(nn.Module, HasRezeroWeights):
     def keep_mask_float(self) -> torch.Tensor:
         """``1 - zero_mask`` in the weight's dtype, cached until the mask changes (multiplying
         by it is ~40x faster than ``masked_fill_`` with a bool mask on CPU)."""
-        zm, w = self.zero_mask, self.module.weight
+        zm = self.zero_mask
+        _, dtype, device = self._weight_spec()
         key = getattr(self, "_keep_key", None)
-        if not (key and key[0] is zm and key[1] == zm._version and key[2] == w.dtype
-                and key[3] == w.device):
-            self._keep_cache = (~zm).to(w.dtype)
-            self._keep_key = (zm, zm._version, w.dtype, w.device)  # holds zm: no address reuse
+        if not (key and key[0] is zm and key[1] == zm._version and key[2] == dtype
+                and key[3] == device):
+            self._keep_cache = (~zm).to(dtype)
+            self._keep_key = (zm, zm._version, dtype, device)  # holds zm: no address reuse
         return self._keep_cache
 
     def rezero_weights(self) -> None:
@@ -281,13 +307,25 @@ class SparseWeights(SparseWeightsBase):
         sparsity: fraction of zeros in [0, 1) (1 allowed with ``allow_extremes``).
         allow_extremes: allow ``sparsity = 1``.
         generator: torch generator choosing the zeros (seedable); default the global RNG.
-        sparse_exec: ``"auto"`` (default), ``"on"`` or ``"off"``: compute the forward pass and the
-            gradients from the live weights only (:mod:`sparse_nte.sparse_exec`). ``"auto"`` does
-            so when the rule :func:`sparse_nte.sparse_exec.prefers_sparse` expects it to be faster
-            (density <= 0.2 with batches of 64+ rows, <= 0.1 with 16-63 rows; CPU; float32/64).
-            Either way the result equals the masked-dense computation up to float rounding,
-            and the weight stays a dense ``nn.Parameter``. Not supported on the sparse path:
-            double backward and ``torch.func`` transforms of the layer (use ``"off"``).
+        sparse_exec: how the layer stores and computes its weight
+            (:mod:`sparse_nte.sparse_exec`):
+
+            * ``"off"``: masked-dense, a dense ``nn.Parameter`` and dense products;
+            * ``"on"``: the dense parameter, products from the live weights only;
+            * ``"auto"`` (default): the dense parameter, and the products of ``"on"`` when the
+              rule :func:`sparse_nte.sparse_exec.prefers_sparse` expects them to be faster
+              (density <= 0.2 with batches of 64+ rows, <= 0.1 with 16-63 rows; CPU;
+              float32/64);
+            * ``"compact"``: only the live weights are stored and trained
+              (:class:`~sparse_nte.layers.compact.CompactLinear`: ``layer.module`` is replaced
+              by it, ``layer.module.values`` is the parameter, its gradient and optimizer state
+              have ``nnz`` entries; ``layer.weight`` is a write-through dense view). Set it
+              before building the optimizer; optimizers that must follow mask changes are
+              attached with :meth:`attach_optimizer`.
+
+            Every mode equals the masked-dense computation up to float rounding. Not supported
+            on the ``"on"``/``"auto"`` sparse products: double backward and ``torch.func``
+            transforms of the layer (use ``"off"``); ``"compact"`` runs those at the dense cost.
 
     The sparse path's index structure is cached and rebuilt whenever ``zero_mask`` changes
     through :meth:`set_zero_mask`, ``load_state_dict``, ``.to()`` or any in-place torch operation
@@ -305,25 +343,168 @@ class SparseWeights(SparseWeightsBase):
                              f"got {type(module).__name__}")
         super().__init__(module, weight_sparsity, sparsity, allow_extremes)
         self.register_buffer("zero_mask", self._make_mask(generator))
-        self.sparse_exec = sparse_exec
+        self.__dict__["_optimizers"] = []
         self._forget_live()
         self.enforce_constraints()
+        self.sparse_exec = sparse_exec
 
-    # -- sparse execution ----------------------------------------------------------------------
+    # -- storage --------------------------------------------------------------------------------
+    @property
+    def compact(self) -> bool:
+        """True when only the live weights are stored (``sparse_exec = "compact"``)."""
+        return isinstance(self.__dict__["_modules"].get("module"), CompactLinear)
+
     @property
     def sparse_exec(self) -> str:
-        """``"auto"``, ``"on"`` or ``"off"``: whether forward/backward run on live weights only."""
+        """``"auto"``, ``"on"``, ``"off"`` or ``"compact"`` (see the class docstring)."""
         return self.__dict__.get("_sparse_exec", "auto")
 
     @sparse_exec.setter
     def sparse_exec(self, mode: str) -> None:
-        self.__dict__["_sparse_exec"] = check_sparse_exec(mode, f"{type(self).__name__}.sparse_exec")
+        mode = check_sparse_exec(mode, f"{type(self).__name__}.sparse_exec")
+        want = mode == "compact"
+        if want != self.compact:
+            if self._attached():
+                raise ValueError(f"{type(self).__name__}: changing sparse_exec between "
+                                 f"'compact' and the dense storage replaces the trained "
+                                 f"parameter, but an optimizer is attached to this layer; set "
+                                 f"sparse_exec before building the optimizer")
+            self._convert(want)
+        self.__dict__["_sparse_exec"] = mode
 
+    def _convert(self, to_compact: bool) -> None:
+        if to_compact:
+            self._prepare()
+            self.module = CompactLinear(self.module, self.live_connections())
+        else:
+            self._prepare()
+            self.module = self.module.to_linear()
+        self._forget_live()
+        self._clean_key = ()
+        self._hooked_weight = None
+        self.enforce_constraints()
+
+    @property
+    def weight_param(self) -> nn.Parameter:
+        return self.module.values if self.compact else self.module.weight
+
+    def to_dense_layout(self, t: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+        if not self.compact:
+            return t
+        live = self.live_connections()
+        out = t.new_full((live.out_features * live.in_features,), fill)
+        out.index_copy_(0, live.flat_idx.to(t.device), t)
+        return out.view(live.out_features, live.in_features)
+
+    def from_dense_layout(self, t: torch.Tensor) -> torch.Tensor:
+        if not self.compact:
+            return t
+        return t.reshape(-1).index_select(0, self.live_connections().flat_idx.to(t.device))
+
+    def _weight_spec(self) -> tuple[torch.Size, torch.dtype, torch.device]:
+        if self.compact:
+            m = self.module
+            return torch.Size((m.out_features, m.in_features)), m.values.dtype, m.values.device
+        return super()._weight_spec()
+
+    def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Let ``optimizer`` follow this layer's mask changes: with compact storage every change
+        of the live set rearranges its state of ``module.values``
+        (:func:`sparse_nte.optim_state.remap_positions`). Held weakly; attaching twice is
+        harmless. :func:`sparse_nte.dale.constrain_optimizer`, the plasticity schedules and
+        the NTE optimizer attach theirs."""
+        if not any(ref() is optimizer for ref in self.__dict__["_optimizers"]):
+            self.__dict__["_optimizers"].append(weakref.ref(optimizer))
+
+    def _attached(self) -> list:
+        refs = [r for r in self.__dict__.get("_optimizers", []) if r() is not None]
+        self.__dict__["_optimizers"] = refs
+        return [r() for r in refs]
+
+    # -- constraints on compact storage ---------------------------------------------------------
+    def entry_sign(self) -> Optional[torch.Tensor]:
+        """With compact storage and Dale's law: the presynaptic sign of every live entry,
+        (nnz,) in the order of ``module.values``; else None."""
+        if not self.compact or self.dale_sign is None:
+            return None
+        live, sign = self.module.live, self.dale_sign
+        key = self.__dict__.get("_entry_sign_key")
+        if not (key and key[0] is live and key[1] is sign and key[2] == sign._version):
+            self.__dict__["_entry_sign"] = sign.index_select(0, live.col_idx)
+            self.__dict__["_entry_sign_key"] = (live, sign, sign._version)
+        return self.__dict__["_entry_sign"]
+
+    def enforce_constraints(self) -> None:
+        if not self.compact:
+            super().enforce_constraints()
+            return
+        m = self.module
+        m.sync()
+        v = m.values
+        with torch.no_grad():
+            s = self.entry_sign()
+            if s is not None:                    # v <- s * max(0, s * v)
+                v.mul_(s).clamp_(min=0).mul_(s)
+        self._clean_key = (v, v._version)
+
+    def _is_clean(self) -> bool:
+        if not self.compact:
+            return super()._is_clean()
+        key, v = self._clean_key, self.module.values
+        return bool(key) and key[0] is v and key[1] == v._version
+
+    def _prepare(self) -> None:
+        if not self.compact:
+            super()._prepare()
+            return
+        if not self._mask_unchanged(self._live_of):    # zero_mask edited in place
+            self._rewire(self.zero_mask)
+        if self.module.pending_dense() is not None or not self._is_clean():
+            self.enforce_constraints()
+
+    def set_zero_mask(self, zero_mask: torch.Tensor) -> None:
+        """Replace the mask (True = held at zero) and apply it at once. With dense storage the
+        caller resets optimizer state at the changed positions
+        (:func:`sparse_nte.optim_state.reset_positions`); with compact storage the state of
+        every attached optimizer is rearranged here (:meth:`attach_optimizer`)."""
+        if not self.compact:
+            super().set_zero_mask(zero_mask)
+            return
+        shape = self._weight_spec()[0]
+        if zero_mask.shape != shape or zero_mask.dtype != torch.bool:
+            raise ValueError(f"zero_mask must be a bool tensor of shape {tuple(shape)}, got "
+                             f"{zero_mask.dtype} {tuple(zero_mask.shape)}")
+        self.zero_mask.copy_(zero_mask)
+        self._rewire(self.zero_mask)
+        self.enforce_constraints()
+
+    def _rewire(self, zero_mask: torch.Tensor) -> None:
+        """Compact storage: adopt the live set of ``zero_mask``; move the attached optimizers'
+        state along (grown entries start fresh)."""
+        source = rewire(self.module, zero_mask)
+        self._live = self.module.live
+        mask = self.zero_mask
+        self._live_of = (weakref.ref(mask), mask._version)
+        for opt in self._attached():
+            if any(p is self.module.values for g in opt.param_groups for p in g["params"]):
+                remap_positions(opt, self.module.values, source)
+        self._clean_key = ()
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        if self.compact and not self._mask_unchanged(self._live_of):
+            self._rewire(self.zero_mask)   # the values follow from the child's dense weight
+
+    # -- sparse execution ----------------------------------------------------------------------
     def _forget_live(self) -> None:
         self._live: Optional[LiveConnections] = None
         self._live_of: tuple = (None, -1)       # (weakref to the mask, its version)
         self._density_of: tuple = (None, -1)
         self._density = 1.0
+        if self.compact:   # the compact values are laid out by the module's structure
+            mask = self.zero_mask
+            self._live = self.module.live
+            self._live_of = (weakref.ref(mask), mask._version)
 
     def _mask_unchanged(self, key: tuple) -> bool:
         ref, version = key
@@ -332,6 +513,10 @@ class SparseWeights(SparseWeightsBase):
 
     def live_connections(self) -> LiveConnections:
         """The index structure of the live weights (built from ``zero_mask`` when it changed)."""
+        if self.compact:
+            if not self._mask_unchanged(self._live_of):
+                self._rewire(self.zero_mask)
+            return self.module.live
         if self._live is None or not self._mask_unchanged(self._live_of):
             mask = self.zero_mask
             self._live = LiveConnections(mask)
@@ -351,14 +536,16 @@ class SparseWeights(SparseWeightsBase):
         mode = self.sparse_exec
         if mode == "off" or x.numel() == 0:
             return False
-        w = self.module.weight
-        if mode == "on":
+        if mode in ("on", "compact"):
             return True
+        shape, dtype, device = self._weight_spec()
         rows = x.numel() // max(1, x.shape[-1]) if x.dim() else 0
-        return prefers_sparse(self.density(), w.numel(), rows, w.device, w.dtype)
+        return prefers_sparse(self.density(), shape.numel(), rows, device, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._prepare()
+        if self.compact:
+            return self.module(x)
         if not self.uses_sparse_path(x):
             return self.module(x)
         # The inner module is called as usual (its hooks fire); only its F.linear on this weight
@@ -373,8 +560,15 @@ class SparseWeights(SparseWeightsBase):
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()
-        state.update(_live=None, _live_of=(None, -1), _density_of=(None, -1), _density=1.0)
+        state.update(_live=None, _live_of=(None, -1), _density_of=(None, -1), _density=1.0,
+                     _optimizers=[])
+        state.pop("_entry_sign", None)
+        state.pop("_entry_sign_key", None)
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._forget_live()
 
 
 class SparseWeights2d(SparseWeightsBase):

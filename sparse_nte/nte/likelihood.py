@@ -9,6 +9,9 @@ dispatched per layer to the per-example machinery (:mod:`sparse_nte.per_example`
   provably within ``fast_tol`` (``fast``), the exact sums for the other output rows;
 * the weight of a convolution, or of a layer with several locations or calls per example: exact
   sums from ``bmm`` per-example gradients;
+* the live values of a compact sparse linear layer: the same choice between series and exact
+  sums per output row, computed at the live entries only
+  (:mod:`sparse_nte.per_example.compact`);
 * a bias: its per-example gradients are the layer's output gradients summed over locations;
 * any other parameter: per-example gradients by ``vmap`` over the backward pass;
 * a parameter penalty R(theta) (one more observation, :mod:`sparse_nte.nte`): the factor
@@ -28,6 +31,7 @@ from sparse_nte.nte.model_index import Layer
 from sparse_nte.nte.options import FAST_MODES
 from sparse_nte.nte.state import LOG_MAGNITUDE, SIGN
 from sparse_nte.per_example import (LayerCall, add_log_likelihood, bmm_exact, check_penalty,
+                                    compact_exact, compact_series, compact_weight_grad,
                                     conv2d_padding, dense_log_likelihood, linear_exact,
                                     linear_series, per_example_grads, row_bound, series_terms,
                                     unfold_conv2d_input)
@@ -67,6 +71,8 @@ def weight_log_likelihood(layer: Layer, calls: Sequence[LayerCall], state: Dict[
     """Step 1 for the weight of a captured layer from its calls (all with output gradients).
     ``dale_sign``: the (in,) presynaptic signs of a Dale layer (the expert signs of a column),
     or None. Adds the rows taken by the series / exact path to ``report``."""
+    if layer.kind == "compact":
+        return _compact_log_likelihood(layer, calls, state, group, numerics, report)
     w = layer.weight
     out = w.shape[0]
     sign: Optional[torch.Tensor] = state[SIGN].view(out, -1)
@@ -113,6 +119,51 @@ def weight_log_likelihood(layer: Layer, calls: Sequence[LayerCall], state: Dict[
                      unfold=unfold)
 
 
+def _compact_log_likelihood(layer: Layer, calls: Sequence[LayerCall],
+                            state: Dict[str, torch.Tensor], group: dict, numerics: Numerics,
+                            report: dict) -> int:
+    """Step 1 for the live values of a compact layer: series for the output rows where it is
+    provably within ``fast_tol`` (as for a dense linear layer), exact sums for the entries of
+    the other rows. The expert signs (the Dale signs under Dale's law) are per entry."""
+    c = calls[0]
+    if len(calls) > 1 or c.input.dim() != 2:
+        raise ValueError(f"NTE: compact layer '{layer.name}' was called with inputs of shape "
+                         f"{tuple(c.input.shape)} ({len(calls)} call(s)); per-example sums of a "
+                         f"compact layer need one (batch, in) call per step (use sparse_exec "
+                         f"!= 'compact' for other uses)")
+    live = layer.module.live
+    out = live.out_features
+    beta, eta = group["beta"], group["eta"]
+    max_terms = FAST_MODES[group["fast"]]
+    sign, acc = state[SIGN], state[LOG_MAGNITUDE]
+    a, d = c.input, c.output_grad
+    x = row_bound(a.unsqueeze(1), d.unsqueeze(1), beta)
+    if max_terms:
+        n_terms, fast = series_terms(x, numerics.fast_tol / eta, max_terms)
+    else:
+        n_terms, fast = 0, torch.zeros(out, dtype=torch.bool, device=a.device)
+    n_fast = int(fast.sum())
+    entry_fast = fast.index_select(0, live.row_idx) if 0 < n_fast < out else None
+    guard = 0
+    if n_fast:
+        part = compact_series(a, d, beta, n_terms, live, sign)
+        if entry_fast is not None:
+            part.masked_fill_(~entry_fast, 0.0)
+        acc.add_(part.to(acc.dtype), alpha=eta)
+        report["series_terms"][layer.name] = n_terms
+    if n_fast < out:
+        entries = None if entry_fast is None else torch.nonzero(~entry_fast).flatten()
+        sums, guard = compact_exact(a, d, beta, live, sign, numerics.min_likelihood, x,
+                                    numerics.chunk_elements, entries)
+        if entries is None:
+            acc.add_(sums.to(acc.dtype), alpha=eta)
+        else:
+            acc.index_add_(0, entries, sums.to(acc.dtype), alpha=eta)
+    report["series_rows"] += n_fast
+    report["exact_rows"] += out - n_fast
+    return guard
+
+
 @torch.no_grad()
 def bias_log_likelihood(layer: Layer, calls: Sequence[LayerCall], state: Dict[str, torch.Tensor],
                         group: dict, floor: float) -> Tuple[int, torch.Tensor]:
@@ -156,7 +207,10 @@ def batch_weight_grad(layer: Layer, calls: Sequence[LayerCall]) -> torch.Tensor:
     m = layer.module
     total = None
     for c in calls:
-        if layer.kind == "conv2d":
+        if layer.kind == "compact":
+            g = compact_weight_grad(c.input.reshape(-1, c.input.shape[-1]),
+                                    c.output_grad.reshape(-1, c.output_grad.shape[-1]), m.live)
+        elif layer.kind == "conv2d":
             g = torch.nn.grad.conv2d_weight(c.input, m.weight.shape, c.output_grad,
                                             stride=m.stride, padding=conv2d_padding(m),
                                             dilation=m.dilation, groups=m.groups)

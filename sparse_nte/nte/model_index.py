@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from sparse_nte.layers import SparseWeightsBase
+from sparse_nte.layers.compact import CompactLinear
 from sparse_nte.per_example import (PerExampleCapture, calls_account_for_uses, check_layer_calls,
                                     conv2d_supported)
 
@@ -27,7 +28,7 @@ class Layer:
 
     module: nn.Module
     name: str
-    kind: str                                   # "linear" | "conv2d"
+    kind: str                                   # "linear" | "conv2d" | "compact"
     weight: Optional[torch.Tensor] = None       # set when the optimizer trains it
     bias: Optional[torch.Tensor] = None
     checked: bool = False                       # parameter use verified in a step it ran
@@ -47,12 +48,20 @@ class ParamInfo:
     dale: Optional[torch.Tensor] = field(default=None, repr=False)  # Dale signs seen at build
 
     def mask(self) -> Optional[torch.Tensor]:
-        """The zero mask of a SparseWeights weight (True = held at 0), or None."""
-        return self.wrapper.zero_mask if self.wrapper is not None else None
+        """The zero mask of a SparseWeights weight (True = held at 0), or None (also for a
+        compact weight, which holds its live entries only)."""
+        if self.wrapper is None or getattr(self.wrapper, "compact", False):
+            return None
+        return self.wrapper.zero_mask
 
     def dale_signs(self) -> Optional[torch.Tensor]:
-        """The Dale signs broadcast over the weight, or None."""
-        return self.wrapper.sign_tensor() if self.wrapper is not None else None
+        """The Dale signs broadcast over the weight ((nnz,) per live entry of a compact
+        weight), or None."""
+        if self.wrapper is None:
+            return None
+        if getattr(self.wrapper, "compact", False):
+            return self.wrapper.entry_sign()
+        return self.wrapper.sign_tensor()
 
     def current_dale(self) -> Optional[torch.Tensor]:
         """The wrapper's presynaptic signs now (``dale_sign``), or None."""
@@ -70,21 +79,24 @@ class ModelIndex:
 
     def __init__(self, model: nn.Module) -> None:
         self._names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
-        self._wrapper_of = {id(m.weight): m for m in model.modules()
+        self._wrapper_of = {id(m.weight_param): m for m in model.modules()
                             if isinstance(m, SparseWeightsBase)}
         self._layer_of: Dict[int, Tuple[Layer, str]] = {}
         self.layers: List[Layer] = []
         for name, m in model.named_modules():
+            roles = (("weight", "weight"), ("bias", "bias"))
             if isinstance(m, nn.Linear):
                 kind = "linear"
             elif isinstance(m, nn.Conv2d) and conv2d_supported(m):
                 kind = "conv2d"
+            elif isinstance(m, CompactLinear):
+                kind, roles = "compact", (("values", "weight"), ("bias", "bias"))
             else:
                 continue
             layer = Layer(m, name, kind)
             self.layers.append(layer)
-            for role in ("weight", "bias"):
-                p = getattr(m, role, None)
+            for attr, role in roles:
+                p = getattr(m, attr, None)
                 if isinstance(p, torch.Tensor):
                     self._layer_of[id(p)] = (layer, role)
         self.info: Dict[int, ParamInfo] = {}
@@ -146,12 +158,12 @@ class ModelIndex:
 
 
 def weight_params(model: nn.Module) -> List[torch.Tensor]:
-    """The connection weights: ``weight`` of every linear and convolution layer (trainable,
-    each once, in module order)."""
+    """The connection weights: ``weight`` of every linear and convolution layer, ``values`` of
+    every compact sparse linear layer (trainable, each once, in module order)."""
     out, seen = [], set()
     for m in model.modules():
-        if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)):
-            w = m.weight
+        if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd, CompactLinear)):
+            w = m.values if isinstance(m, CompactLinear) else m.weight
             if w.requires_grad and id(w) not in seen:
                 seen.add(id(w))
                 out.append(w)

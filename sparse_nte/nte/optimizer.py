@@ -18,7 +18,7 @@ from sparse_nte.nte.likelihood import (Numerics, batch_weight_grad, bias_log_lik
 from sparse_nte.nte.model_index import Layer, ModelIndex, ParamInfo
 from sparse_nte.nte.options import EXPANSIONS, check_group, check_number
 from sparse_nte.nte.posterior import log_sum_exp, renormalise_and_write, write_weight
-from sparse_nte.nte.state import LOG_MAGNITUDE, SIGN
+from sparse_nte.nte.state import LOG_MAGNITUDE, PRUNE_SCORE, SIGN, THETA0
 from sparse_nte.per_example import (PerExampleCapture, check_example_losses,
                                     check_examples_independent)
 
@@ -93,6 +93,10 @@ class NTE(Optimizer):
         self._index = ModelIndex(model)
         defaults = dict(beta=beta, eta=eta, max_delta=max_delta, lr=lr, managed=managed, fast=fast)
         super().__init__(params, defaults)
+        for info in self._index.info.values():   # compact layers move the experts with their
+            attach = getattr(info.wrapper, "attach_optimizer", None)   # live set
+            if attach is not None and getattr(info.wrapper, "compact", False):
+                attach(self)
 
     # -- numerics, as attributes of the optimizer ---------------------------------------------
     @property
@@ -125,9 +129,19 @@ class NTE(Optimizer):
             if info.wrapper is not None:
                 info.wrapper.enforce_constraints()
             info.remember_dale()
-            self.state[p].update(new_experts(
-                p.detach(), info.mask(), info.dale_signs(), self.expand, self.noise_scale,
-                self._generator, self.score_momentum is not None, info.name))
+            w = info.wrapper
+            if getattr(w, "compact", False):
+                # created in the dense layout and gathered at the live entries, so that a
+                # compact layer gets exactly the experts (and noise draws) of a masked-dense one
+                dense = new_experts(w.weight.detach(), w.zero_mask, w.sign_tensor(), self.expand,
+                                    self.noise_scale, self._generator,
+                                    self.score_momentum is not None, info.name)
+                self.state[p].update({k: w.from_dense_layout(v).clone()
+                                      for k, v in dense.items()})
+            else:
+                self.state[p].update(new_experts(
+                    p.detach(), info.mask(), info.dale_signs(), self.expand, self.noise_scale,
+                    self._generator, self.score_momentum is not None, info.name))
             mass = log_sum_exp([self.state[p][LOG_MAGNITUDE]])
             self._log_total = float(torch.logaddexp(torch.tensor(self._log_total),
                                                     torch.tensor(mass)))
@@ -374,6 +388,37 @@ class NTE(Optimizer):
         with torch.no_grad():
             rederive_experts(self.state[param], param.detach(), changed_mask, info.mask(),
                              info.dale_signs())
+
+    def remap_positions(self, param: torch.Tensor, source: torch.Tensor) -> None:
+        """The live set of a compact parameter changed (:func:`sparse_nte.optim_state.
+        remap_positions`): entry ``i`` of ``param`` was entry ``source[i]`` before, or is new
+        where ``source[i] < 0``. The experts move with their entries (a pruned entry's expert
+        leaves the ensemble), and the new ones are derived from the current weight values, as
+        :meth:`reset_positions` does for a grown weight. Z is unchanged."""
+        if id(param) not in self._index.info:
+            raise ValueError(f"NTE.remap_positions: the parameter of shape {tuple(param.shape)} "
+                             f"is not trained by this optimizer")
+        if not self._is_managed(param) or param not in self.state:
+            return
+        st = self.state[param]
+        kept = source >= 0
+        src = source.clamp(min=0)
+        fills = {LOG_MAGNITUDE: -math.inf, SIGN: 1, THETA0: 0.0, PRUNE_SCORE: 0.0}
+        with torch.no_grad():
+            for key, value in list(st.items()):
+                if not isinstance(value, torch.Tensor) or value.dim() == 0:
+                    continue
+                if key not in fills:
+                    raise ValueError(f"NTE.remap_positions: unknown per-weight state {key!r}")
+                if value.numel():
+                    moved = value.index_select(0, src.to(value.device))
+                    moved.masked_fill_(~kept.to(value.device), fills[key])
+                else:
+                    moved = torch.full(param.shape, fills[key], dtype=value.dtype,
+                                       device=value.device)
+                st[key] = moved
+            info = self._index.info[id(param)]
+            rederive_experts(st, param.detach(), ~kept, info.mask(), info.dale_signs())
 
     def resync(self) -> None:
         """Re-derive every expert from the current weights (after editing weights or Dale signs

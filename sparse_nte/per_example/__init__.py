@@ -30,6 +30,9 @@ This package computes S layer by layer:
   output rows (:func:`bmm_exact`). The series does not factorise over locations, so these layers
   always take the exact path.
 
+* compact sparse linear layers (:mod:`~sparse_nte.per_example.compact`): the same sums at the
+  live entries only, from sampled products (series) or chunks of live entries (exact).
+
 * anything else (:func:`per_example_grads`, :mod:`~sparse_nte.per_example.generic`):
   ``torch.func.vmap`` over the backward pass gives the per-example gradients of the remaining
   parameters, in chunks of examples.
@@ -44,6 +47,7 @@ number of clamped (example, parameter) terms is returned so it can be reported.
 """
 from sparse_nte.per_example.blocks import BLOCK_ELEMENTS, blocks
 from sparse_nte.per_example.capture import LayerCall, PerExampleCapture
+from sparse_nte.per_example.compact import compact_exact, compact_series, compact_weight_grad
 from sparse_nte.per_example.checks import (calls_account_for_uses, check_example_losses,
                                            check_examples_independent, check_layer_calls,
                                            check_penalty, graph_parents)
@@ -75,4 +79,7 @@ __all__ = [
     "dense_log_likelihood",
     "add_log_likelihood",
     "per_example_grads",
+    "compact_series",
+    "compact_exact",
+    "compact_weight_grad",
 ]

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from sparse_nte.layers import SparseWeightsBase
+from sparse_nte.layers.compact import CompactLinear
 
 __all__ = ["DenseGradient"]
 
@@ -46,9 +47,9 @@ class DenseGradient:
             if m.padding_mode != "zeros" or isinstance(m.padding, str):
                 raise ValueError(f"DenseGradient supports Conv2d with numeric zero padding, got "
                                  f"padding={m.padding!r}, padding_mode={m.padding_mode!r}")
-        elif not isinstance(m, nn.Linear):
-            raise ValueError(f"DenseGradient supports Linear and Conv2d layers, got "
-                             f"{type(m).__name__}")
+        elif not isinstance(m, (nn.Linear, CompactLinear)):
+            raise ValueError(f"DenseGradient supports Linear (dense or compact) and Conv2d "
+                             f"layers, got {type(m).__name__}")
         self.layer = layer
         self.armed = False
         self.grad: Optional[torch.Tensor] = None

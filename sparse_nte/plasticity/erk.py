@@ -20,10 +20,10 @@ LayerList = Sequence[Tuple[str, SparseWeightsBase]]
 def erk_layer_densities(layers: LayerList) -> List[float]:
     """The densities :func:`apply_erk` gives ``layers``: the ERK allocation of their current
     total density, rounded to whole inputs per unit, ``round(d_l * fan_in) / fan_in``."""
-    shapes = [tuple(layer.weight.shape) for _, layer in layers]
+    shapes = [tuple(layer.zero_mask.shape) for _, layer in layers]
     live_total = sum(int((~layer.zero_mask).sum().item()) for _, layer in layers)
     total = sum(layer.zero_mask.numel() for _, layer in layers)
-    fans = [layer.weight[0].numel() for _, layer in layers]
+    fans = [layer.zero_mask[0].numel() for _, layer in layers]
     return [round(d * f) / f for d, f in zip(erk_densities(shapes, live_total / total), fans)]
 
 

@@ -43,7 +43,7 @@ class GradualMagnitudePruning(PlasticitySchedule):
                              f"= {start} + {n} * {interval} = {start + n * interval} lies beyond "
                              f"the run's {total} steps; lower gmp_n or plasticity_interval")
         if self.erk:   # ERK allocates the densities when task 0 starts, and the final ones
-            shapes = [tuple(layer.weight.shape) for _, layer in self.layers]
+            shapes = [tuple(layer.zero_mask.shape) for _, layer in self.layers]
             self.initial_sparsity = [1.0 - d for d in erk_layer_densities(self.layers)]
             self.final_sparsity = [1.0 - d for d in erk_densities(shapes, 1.0 - final_sparsity)]
         else:

@@ -73,17 +73,19 @@ class TaskwiseGrowth(PlasticitySchedule):
         self.old_lr = float(old_lr)
         self.owner: Dict[str, torch.Tensor] = {
             name: torch.where(layer.zero_mask, -1, 0).to(torch.int16) for name, layer in self.layers}
-        self._multiplicative = [is_multiplicative(optimizer, layer.weight)
+        self._multiplicative = [is_multiplicative(optimizer, layer.weight_param)
                                 for _, layer in self.layers]
         # NTE experts w = theta0 + s exp(l): protection acts on their log-magnitudes l
         self._nte = [is_expert_ensemble(optimizer)
-                     and LOG_MAGNITUDE in optimizer.state.get(layer.weight, {})
+                     and LOG_MAGNITUDE in optimizer.state.get(layer.weight_param, {})
                      for _, layer in self.layers]
         self._log_before: List[Optional[torch.Tensor]] = [None] * len(self.layers)
         # (s, theta0) of the protected NTE experts: fixed during a task (only a plasticity
         # event changes them, and growth has events only at task starts)
         self._expert_const: List[Optional[tuple]] = [None] * len(self.layers)
-        self._protected: List[Optional[torch.Tensor]] = [None] * len(self.layers)   # bool masks
+        # protected positions as bool masks in the trained parameter's layout ((nnz,) for a
+        # compact layer) and as indices into it
+        self._protected: List[Optional[torch.Tensor]] = [None] * len(self.layers)
         self._protected_idx: List[Optional[torch.Tensor]] = [None] * len(self.layers)
         self._before: List[Optional[torch.Tensor]] = [None] * len(self.layers)
         self._handles = []
@@ -100,14 +102,16 @@ class TaskwiseGrowth(PlasticitySchedule):
         """Target density of every layer during task ``task``."""
         d = growth_density(task, self.num_tasks, self.start_density, self.end_density)
         if self.erk:
-            return erk_densities([tuple(layer.weight.shape) for _, layer in self.layers], d)
+            return erk_densities([tuple(layer.zero_mask.shape) for _, layer in self.layers], d)
         return [d] * len(self.layers)
 
     def _set_protected(self) -> None:
-        """Positions owned by earlier tasks, as a mask and as flat indices."""
-        for i, (name, _) in enumerate(self.layers):
+        """Positions owned by earlier tasks, as a mask and as indices of the trained parameter."""
+        for i, (name, layer) in enumerate(self.layers):
             owner = self.owner[name]
             protected = (owner >= 0) & (owner < self.task) if self.task > 0 else None
+            if protected is not None:
+                protected = layer.from_dense_layout(protected)
             self._protected[i] = protected
             self._protected_idx[i] = (None if protected is None
                                       else torch.nonzero(protected.reshape(-1)).flatten())
@@ -133,7 +137,7 @@ class TaskwiseGrowth(PlasticitySchedule):
             idx = self._protected_idx[i]
             if idx is None or (self.old_lr == 0.0 and self._before[i] is not None):
                 continue
-            w = layer.module.weight   # not .weight: reading it must not re-apply constraints
+            w = layer.weight_param   # not .weight: reading it must not re-apply constraints
             self._before[i] = w.detach().reshape(-1).index_select(0, idx)
             if self._nte[i]:
                 log = self.optimizer.state[w][LOG_MAGNITUDE]
@@ -147,7 +151,7 @@ class TaskwiseGrowth(PlasticitySchedule):
             before = self._before[i]
             if idx is None or before is None:
                 continue
-            w = layer.module.weight
+            w = layer.weight_param
             nte = self._nte[i]
             with torch.no_grad():
                 flat = w.detach().view(-1) if w.is_contiguous() else w.detach().reshape(-1)

@@ -59,7 +59,7 @@ def excitatory_columns(layer: SparseWeightsBase) -> Optional[torch.Tensor]:
     s = layer.sign_tensor()
     if s is None:
         return None
-    return s.expand((1,) + tuple(layer.weight.shape[1:])).reshape(-1) > 0
+    return s.expand((1,) + tuple(layer.zero_mask.shape[1:])).reshape(-1) > 0
 
 
 
@@ -141,12 +141,16 @@ def commit(layer: SparseWeightsBase, optimizer: Optional[torch.optim.Optimizer],
     """Apply a new live mask (rows x fan_in) to ``layer`` as one update and reset the optimizer
     state at the changed positions. Returns (pruned, grown, density).
 
+    With compact storage (``sparse_exec = "compact"``) the optimizer's state moves with the
+    live set (grown weights start with fresh state) instead of being reset in place.
+
     Grown weights start at 0, or at ``sign * init_scale`` when the optimizer is multiplicative,
     where ``sign`` is the presynaptic sign with Dale's law, else ``init_sign`` where it is
     non-zero and a random sign elsewhere. ``new_values`` (rows x fan_in) overrides the start
     values (used by ERK).
     """
     w = layer.weight
+    param = layer.weight_param
     old_live = ~unit_rows(layer.zero_mask)
     grown = new_live & ~old_live
     pruned = old_live & ~new_live
@@ -157,7 +161,7 @@ def commit(layer: SparseWeightsBase, optimizer: Optional[torch.optim.Optimizer],
         if n_grown:
             if new_values is not None:
                 start = new_values
-            elif is_multiplicative(optimizer, w):
+            elif is_multiplicative(optimizer, param):
                 dale = layer.sign_tensor()
                 if dale is not None:
                     sign = unit_rows(dale.expand_as(w))
@@ -170,10 +174,13 @@ def commit(layer: SparseWeightsBase, optimizer: Optional[torch.optim.Optimizer],
                 start = torch.zeros((), dtype=w.dtype, device=w.device)
             start = start.reshape(w.shape) if start.dim() else start
             w.copy_(torch.where(grown.view(w.shape), start, w))
+        compact = getattr(layer, "compact", False)
+        if compact and optimizer is not None:
+            layer.attach_optimizer(optimizer)   # its state moves with the live set, below
         layer.set_zero_mask((~new_live).view(w.shape))
     density = layer_density(layer)
     layer.sparsity = 1.0 - density
-    if optimizer is not None:
+    if optimizer is not None and not compact:
         reset_positions(optimizer, w, (grown | pruned).view(w.shape))
     return n_pruned, n_grown, density
 

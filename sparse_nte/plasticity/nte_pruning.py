@@ -53,7 +53,7 @@ class NTEPosteriorPruning(PlasticitySchedule):
         check_interval(interval, end_fraction, "NTEPosteriorPruning")
         super().__init__(layers, optimizer, **kwargs)
         managed = {id(p) for p in optimizer.managed_params()}
-        unmanaged = [name for name, layer in self.layers if id(layer.weight) not in managed]
+        unmanaged = [name for name, layer in self.layers if id(layer.weight_param) not in managed]
         if unmanaged:
             raise ValueError(f"NTEPosteriorPruning: the NTE optimizer does not manage the weights "
                              f"of layers {unmanaged}; there is no posterior to prune them by")

@@ -26,7 +26,12 @@ class ConnectivityKeys:
             "total number of connections of the uniform densities.")
     sparse_exec: str = key(
         "auto", choices=SPARSE_EXEC_MODES,
-        doc="Sparse execution path for sparse fc layers: auto (when faster), on, off.")
+        doc="Storage and execution of sparse fc layers: off (masked-dense: a dense weight and dense "
+            "products), on (the dense weight, products from the live weights only), compact (only the "
+            "live weights are stored, trained and updated: gradients and optimizer state of nnz entries; "
+            "every fc layer below density 1), auto (compact for layers of >= 2^17 weights at density "
+            "<= 0.25, else the dense weight with the products of `on` where the batch makes them faster). "
+            "All equal the masked-dense computation up to float rounding.")
     sparse_init: str = key(
         "torch", choices=("torch", "fan_in"),
         doc="Initial weights of sparse layers without Dale's law: torch (PyTorch's default, scaled for "

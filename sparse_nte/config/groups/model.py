@@ -23,13 +23,22 @@ class ModelKeys:
     dropout: float = key(
         0.0, interval="[0, 1)",
         doc="Dropout probability after each hidden layer.")
+    dropout_draws: str = key(
+        "all", choices=("all", "active"),
+        doc="Random draws of dropout: all (one per unit: torch's F.dropout masks bit for bit) or "
+            "active (one per non-zero activation, per winner after a k-WTA: the same dropout, much "
+            "cheaper for sparse activity, but another use of the random stream, so results differ "
+            "from `all` for the same seed).")
 
 
 def no_effect(v: dict[str, Any]) -> dict[str, str]:
+    out = {}
     if not v["cnn"]:
-        return dict.fromkeys(("percent_on_conv", "weight_sparsity_conv"),
-                             "there are no conv layers (cnn = false)")
-    return {}
+        out.update(dict.fromkeys(("percent_on_conv", "weight_sparsity_conv"),
+                                 "there are no conv layers (cnn = false)"))
+    if v["dropout"] == 0:
+        out["dropout_draws"] = "there is no dropout (dropout = 0)"
+    return out
 
 
 #: The group's keys (read by sparse_nte.config.schema).

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sparse_nte.config.fields import key
+from sparse_nte.evaluation import EVAL_TASKS
 
 TITLE = "run"
 
@@ -25,7 +27,30 @@ class RunKeys:
         True,
         doc="Record statistics after every task (active-unit fractions and overlaps, densities, E/I "
             "balance, Dale and mask violations, duty-cycle entropy) in the results, as the original "
-            "`record_stats`.")
+            "`record_stats`; the activity is measured during the evaluation pass.")
+    eval_tasks: str = key(
+        "needed", choices=EVAL_TASKS,
+        doc="Which tasks are evaluated after each task: needed (the tasks seen so far and the next "
+            "one; the untrained network on tasks 1..T-1: every metric of the results, other entries "
+            "of acc_matrix NaN) or all (the full T x T matrix and every random-init entry).")
+    eval_subset: int = key(
+        0, interval="[0, inf)",
+        doc="0 = always whole test sets. m > 0: between full evaluations, tasks learned before the "
+            "current one are evaluated on a fixed random subset of m test examples each (standard "
+            "error sqrt(a(1-a)/m) on those entries, which enter the forgetting and the accuracy "
+            "curve); the current and next task, the last row and every eval_full_every-th row use "
+            "whole test sets. Changes the matrix's precision: never on by default.")
+    eval_full_every: int = key(
+        5, interval="[1, inf)",
+        doc="With eval_subset > 0: rows after every eval_full_every-th task (and the last) are "
+            "evaluated on whole test sets.")
+
+
+def no_effect(v: dict[str, Any]) -> dict[str, str]:
+    if v["eval_subset"] == 0:
+        return {"eval_full_every": "old tasks are always evaluated on whole test sets "
+                                   "(eval_subset = 0)"}
+    return {}
 
 
 #: The group's keys (read by sparse_nte.config.schema).
