@@ -17,7 +17,8 @@ class NetSpec:
     """Architecture of an MLP or CNN built by :func:`models.build_model`.
 
     Attributes (config keys of the same name):
-        cnn: two 5x5 convolutions (64 and 128 channels) before the fully connected layers.
+        cnn: 5x5 convolutions (64, then 128 channels) before the fully connected layers.
+        conv_layers: number of those convolutions, 1 or 2 (CNN only).
         hidden_units: width of every fully connected hidden layer.
         hidden_layers: number of fully connected hidden layers (>= 1).
         dropout: dropout probability after every hidden layer, in [0, 1).
@@ -41,6 +42,7 @@ class NetSpec:
     """
 
     cnn: bool
+    conv_layers: int
     hidden_units: int
     hidden_layers: int
     dropout: float
@@ -98,6 +100,7 @@ def _range(lo: float, hi: float, lo_open: bool, hi_open: bool):
 _UNIT_OPEN_LOW = _range(0.0, 1.0, True, False)
 _RULES = {
     "cnn": (lambda v: isinstance(v, bool), "a bool"),
+    "conv_layers": (lambda v: _is_int(v) and v in (1, 2), "1 or 2"),
     "hidden_units": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
     "hidden_layers": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
     "dropout": _range(0.0, 1.0, False, True),

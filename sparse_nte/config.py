@@ -250,6 +250,16 @@ class Config(Mapping):
     num_classes: int = _key(
         0, group=_G_DATA, interval="[0, inf)", derived="0 = from `dataset` (10, or 100 for cifar100)",
         doc="Original key, kept for old files: if given it must equal the dataset's number of classes.")
+    input_scaling: str = _key(
+        "standard", group=_G_DATA, choices=("standard", "unit", "imagenet"),
+        doc="Input scaling: standard ((x/255 - mean) / std per channel, the training split's "
+            "statistics), unit (x/255 in [0, 1], the original project's MNIST input) or imagenet "
+            "(ImageNet's channel statistics, the original project's iCIFAR input; 3-channel datasets "
+            "only).")
+    permutation_rng: str = _key(
+        "seeded", group=_G_DATA, choices=("seeded", "original"),
+        doc="permutations: task i's pixel permutation drawn from (seed, i) (seeded) or the original "
+            "project's numpy RandomState(i).permutation, the same for every seed (original).")
 
     # --- activity sparsity (k-WTA) ------------------------------------------------------------
     sparsify: bool = _key(
@@ -303,6 +313,10 @@ class Config(Mapping):
     cnn: bool = _key(
         False, group=_G_MODEL,
         doc="Convolutional network (the original SimpleCNN) instead of an MLP.")
+    conv_layers: int = _key(
+        2, group=_G_MODEL, interval="[1, 2]",
+        doc="Convolutions of the CNN (5x5, 64 then 128 channels): 2 (the original's final SimpleCNN) "
+            "or 1 (the one-convolution SimpleCNN of its permuted-MNIST results).")
     hidden_units: int = _key(
         1024, group=_G_MODEL, interval="[1, inf)",
         doc="Units per hidden fc layer.")
@@ -339,6 +353,12 @@ class Config(Mapping):
     train_ep_inc: int = _key(
         1, group=_G_TRAIN, interval="[0, inf)",
         doc="Epochs on every later task (> 0 when num_batch > 1).")
+    train_order: str = _key(
+        "shuffle", group=_G_TRAIN, choices=("shuffle", "original"),
+        doc="Order of each epoch: shuffle (a new random order per (seed, task, epoch), last batch "
+            "smaller) or original (the original project's: the task's rows padded to whole "
+            "mini-batches by repeating its first rows, shuffled once by numpy RandomState(0), the "
+            "same order in every epoch, task and seed).")
 
     # --- NTE optimizer ------------------------------------------------------------------------
     nte_beta: float = _key(
@@ -752,6 +772,10 @@ class _Resolver:
                                 f"supported), but {w('mnist_mode')}; set mnist_mode = split",
                                 "mnist_mode", "benchmark")
         n_classes = DATASET_CLASSES[v["dataset"]]
+        if v["input_scaling"] == "imagenet" and v["benchmark"] != "cifar":
+            raise self.conflict(f"{w('input_scaling')} normalises 3 RGB channels with ImageNet's "
+                                f"statistics, but {w('dataset')} has grey images; use standard or unit",
+                                "input_scaling", "dataset")
         if v["num_classes"] != n_classes:
             raise self.conflict(f"{w('num_classes')} but {v['dataset']} has {n_classes} classes; remove "
                                 f"num_classes (it is derived from dataset)", "num_classes", "dataset")
@@ -834,11 +858,13 @@ class _Resolver:
         elif v["boost_strength"] == 0:
             off(("boost_strength_factor",), "boost_strength = 0, so there is no boost to decay")
         if not v["cnn"]:
-            off(("percent_on_conv", "weight_sparsity_conv"), "there are no conv layers (cnn = false)")
+            off(("percent_on_conv", "weight_sparsity_conv", "conv_layers"),
+                "there are no conv layers (cnn = false)")
         if v["mnist_mode"] == "permutations":
             off(("class_order",), "tasks are permutations (mnist_mode = permutations), not class splits")
         else:
-            off(("permute_first",), "tasks are class splits (mnist_mode = split), not permutations")
+            off(("permute_first", "permutation_rng"),
+                "tasks are class splits (mnist_mode = split), not permutations")
         if v["num_batch"] == 1:
             off(("train_ep_inc",), "there is a single task (num_batch = 1)")
         if v["optimizer"] == "adam":
