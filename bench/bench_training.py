@@ -116,7 +116,8 @@ def build(cfg: dict):
         setting=cfg["scenario"], cumulative=bool(cfg["cumul"]), seed=int(cfg["seed"]),
         permute_first=bool(cfg["permute_first"]), class_order=cfg["class_order"],
         data_root=cfg.get("data_root") or None, train_subset=cfg.get("train_subset") or None,
-        download=False, progress=False)
+        download=False, progress=False, input_scaling=cfg["input_scaling"],
+        permutation_rng=cfg["permutation_rng"])
     model = build_model(cfg, scenario)
     learner = build_learner(cfg, model, scenario, runner._steps_per_task(scenario, cfg))
     return scenario, model, learner

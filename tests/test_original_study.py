@@ -322,3 +322,12 @@ def test_original_kwta_mlp_is_linear_kwinners_dropout_with_nupic_semantics(shipp
     idx = (x * torch.exp((4 / 4000 - d) * 1.0)).topk(4, dim=1).indices
     expected = torch.zeros_like(x).scatter(1, idx, x.gather(1, idx))
     assert torch.equal(y, expected) and int((y < 0).sum()) == 5 * 4
+
+
+def test_a_model_refuses_a_scenario_scaled_otherwise_than_its_config(fashion, shipped):
+    """A runner that forgot to pass input_scaling to the scenario fails loudly."""
+    standard = scenario_from_dataset(fashion, "permutations", 10)
+    with pytest.raises(ValueError, match="input_scaling = unit.*scales its inputs 'standard'"):
+        build_model(shipped["MLP_1Layer"], standard)
+    unit = scenario_from_dataset(fashion, "permutations", 10, input_scaling="unit")
+    assert build_model(shipped["MLP_1Layer"], unit).heads[0].out_features == 10
