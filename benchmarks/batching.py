@@ -19,11 +19,11 @@ i.e. ``x = ((X / 255 - mean_c) / std_c)`` with its pixels permuted. The input sc
 * ``imagenet``: ``mean = (0.485, 0.456, 0.406)``, ``std = (0.229, 0.224, 0.225)`` (RGB), the
   ImageNet statistics the original project's iCIFAR path normalised with
   (``preprocess_imgs``); three-channel inputs only.
- The rows are gathered as
-uint8, converted and normalised in place, then permuted: ``index_select`` along the pixels
-when the whole task shares one permutation, ``gather`` with per-example permutations in
-cumulative permuted tasks (on float32 both are several times faster than on uint8, and
-normalising before permuting keeps each pixel with its own channel's statistics).
+
+The rows are gathered as uint8, converted and scaled in place, then permuted: ``index_select``
+along the pixels when the whole task shares one permutation, ``gather`` with per-example
+permutations in cumulative permuted tasks (on float32 both are several times faster than on
+uint8, and scaling before permuting keeps each pixel with its own channel's statistics).
 """
 from __future__ import annotations
 

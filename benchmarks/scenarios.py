@@ -8,8 +8,8 @@ Families (``mode``):
   from ``np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0, i)))``, so it depends
   only on (seed, i); with ``permutation_rng="original"`` it is the permutation the original
   sparse-dynamic-synapses code drew, ``np.random.seed(i); np.random.shuffle(list(range(D)))``,
-  the same for every seed (:func:`benchmarks.original.original_task_permutation`). With ``permute_first=False``
-  task 0 is the identity (and tasks 1.. are unchanged).
+  the same for every seed (:func:`benchmarks.original.original_task_permutation`). With
+  ``permute_first=False`` task 0 is the identity (and tasks 1.. are unchanged).
 * ``split`` (Zenke, Poole & Ganguli, 2017, ICML; iCIFAR: Rebuffi et al., 2017, iCaRL, CVPR):
   the classes, taken in ``class_order``, are cut into ``num_tasks`` consecutive groups of
   ``num_classes / num_tasks``: split MNIST / Fashion-MNIST and iCIFAR-10 default to 5 tasks of
@@ -234,7 +234,7 @@ class Scenario:
         example's task permutation, per batch. ``shuffle`` defaults to True for "train" and
         False for "test"; it draws from ``generator`` (torch's global generator when None).
         ``rows`` restricts the pass to those rows of the split, in that order, repeats allowed
-        (:func:`benchmarks.order.original_train_rows`: the original project's padded epoch);
+        (:func:`benchmarks.original.original_train_rows`: the original project's padded epoch);
         ``with_index`` appends each batch's row numbers (see
         :func:`benchmarks.batching.iterate_batches`).
         """
