@@ -6,6 +6,7 @@ The references below are computed independently of the code under test, the way 
 code computed them (numpy arrays, numpy's legacy global generator, in-place shuffles)."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -331,3 +332,54 @@ def test_a_model_refuses_a_scenario_scaled_otherwise_than_its_config(fashion, sh
         build_model(shipped["MLP_1Layer"], standard)
     unit = scenario_from_dataset(fashion, "permutations", 10, input_scaling="unit")
     assert build_model(shipped["MLP_1Layer"], unit).heads[0].out_features == 10
+
+
+@pytest.mark.parametrize("name", ["MLP_1Layer", "MLP_1LayerSparse"])
+def test_training_steps_equal_a_transcription_of_the_original_loop(fashion, name):
+    """The toolkit's model + learner for an original section, on the original batches, against
+    the original loop written out in plain torch: nupic.torch's 2019 k-WTA (top-k of
+    x * exp((k/n - d) * beta), duty cycles over min(1000, seen) examples), nn.Dropout after the
+    activation, one torch.optim.SGD with grads zeroed (not freed) before each step. Same initial
+    weights and RNG state: the weights must agree exactly. (Narrower layer, same k = 4.)"""
+    from sparse_nte.learner import build_learner
+
+    narrow = {"dataset": "fashion_mnist", "num_batch": "2", "hidden_units": "400"}
+    if name.endswith("Sparse"):
+        narrow["percent_on_fc"] = "0.01"
+    cfg = load_config(SHIPPED, name, narrow).to_dict()
+    s = scenario_from_dataset(fashion, "permutations", 2, input_scaling="unit",
+                              permutation_rng="original")
+    model = build_model(cfg, s)
+    lin, head = copy.deepcopy(model.blocks[0].layer), copy.deepcopy(model.heads[0])
+    learner = build_learner(cfg, model, s, [6, 6])
+    rows = original_train_rows(s.tasks[1].num_train, 64)
+    batches = list(s.batches(1, "train", batch_size=64, rows=rows, shuffle=False))
+    torch.manual_seed(5)
+    model.train()
+    learner.on_task_start(0)
+    for x, y, t in batches + batches:
+        learner.train_step(x, y, t)
+
+    params = list(lin.parameters()) + list(head.parameters())
+    opt = torch.optim.SGD(params, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    n, k, duty, seen = 400, 4, torch.zeros(400), 0
+    torch.manual_seed(5)
+    for x, y, _ in batches + batches:
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        h = lin(x.reshape(len(x), -1))
+        if cfg["sparsify"]:
+            winners = (h.detach() * torch.exp((k / n - duty) * 1.0)).topk(k, dim=1).indices
+            h = h * torch.zeros_like(h).scatter(1, winners, 1.0)
+            seen += len(h)
+            period = min(1000, seen)
+            duty = (duty * (period - len(h)) + (h.detach() > 0).sum(0).float()) / period
+        else:
+            h = torch.relu(h)
+        loss = nn.functional.cross_entropy(head(nn.functional.dropout(h, 0.5, True)), y)
+        loss.backward()
+        opt.step()
+    assert torch.equal(model.blocks[0].layer.weight.detach(), lin.weight.detach())
+    assert torch.equal(model.heads[0].weight.detach(), head.weight.detach())
+    if cfg["sparsify"]:
+        assert torch.equal(model.blocks[0].activation.duty_cycle, duty)
