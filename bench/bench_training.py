@@ -127,7 +127,8 @@ def build(cfg: Config):
         setting=cfg.scenario, cumulative=cfg.cumul, seed=cfg.seed,
         permute_first=cfg.permute_first, class_order=cfg.class_order,
         data_root=cfg.data_root or None, train_subset=cfg.train_subset or None,
-        download=False, progress=False)
+        download=False, progress=False, input_scaling=cfg.input_scaling,
+        permutation_rng=cfg.permutation_rng)
     model = build_model(cfg, scenario)
     learner = build_learner(cfg, model, scenario)
     return scenario, model, learner

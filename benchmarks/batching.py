@@ -1,4 +1,4 @@
-"""Mini-batches from uint8 tensors: shuffle, gather, permute and normalise per batch.
+"""Mini-batches from uint8 tensors: shuffle, gather, permute and scale per batch.
 
 For a batch of rows ``b`` of a task whose examples carry task ids ``t`` and the pixel
 permutations ``P`` (one row per task), the batch is::
@@ -7,17 +7,45 @@ permutations ``P`` (one row per task), the batch is::
                                                           s_c = -mean_c / std_c
     x[j, q] = z[j, P[t_j][q]]                             (index gather, no permuted copies)
 
-i.e. ``x = ((X / 255 - mean_c) / std_c)`` with its pixels permuted. The rows are gathered as
-uint8, converted and normalised in place, then permuted: ``index_select`` along the pixels
-when the whole task shares one permutation, ``gather`` with per-example permutations in
-cumulative permuted tasks (on float32 both are several times faster than on uint8, and
-normalising before permuting keeps each pixel with its own channel's statistics).
+i.e. ``x = ((X / 255 - mean_c) / std_c)`` with its pixels permuted. The input scaling
+(:data:`SCALINGS`) chooses ``mean_c`` and ``std_c``:
+
+* ``standard``: the dataset's own per-channel statistics (the ``mean``/``std`` arguments);
+  inputs have zero mean and unit variance per channel.
+* ``unit``: ``z = X / 255`` in [0, 1], computed as a float32 division by 255 so that a batch
+  equals the original sparse-dynamic-synapses MNIST arrays bit for bit (its reader stored
+  ``uint8.astype(float32) / 255``; multiplying by ``1/255`` instead differs in the last bit for
+  126 of the 256 values).
+* ``imagenet``: ``mean = (0.485, 0.456, 0.406)``, ``std = (0.229, 0.224, 0.225)`` (RGB), the
+  ImageNet statistics the original project's iCIFAR path normalised with
+  (``preprocess_imgs``); three-channel inputs only.
+
+The rows are gathered as uint8, converted and scaled in place, then permuted: ``index_select``
+along the pixels when the whole task shares one permutation, ``gather`` with per-example
+permutations in cumulative permuted tasks (on float32 both are several times faster than on
+uint8, and scaling before permuting keeps each pixel with its own channel's statistics).
 """
 from __future__ import annotations
 
 from typing import Iterator, Optional, Sequence
 
 import torch
+
+#: Input scalings (module docstring).
+SCALINGS = ("standard", "unit", "imagenet")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def check_scaling(scaling: str, channels: int) -> None:
+    """Raise ValueError unless ``scaling`` is one of :data:`SCALINGS` and applies to images
+    with ``channels`` channels (``imagenet`` needs 3)."""
+    if scaling not in SCALINGS:
+        raise ValueError(f"input scaling must be one of {', '.join(SCALINGS)}, got {scaling!r}")
+    if scaling == "imagenet" and channels != 3:
+        raise ValueError(f"input scaling 'imagenet' normalises the 3 RGB channels with ImageNet's "
+                         f"statistics, but the images have {channels} channel(s); use standard "
+                         f"or unit")
 
 
 def iterate_batches(x: torch.Tensor, y: torch.Tensor, t: torch.Tensor, *,
@@ -26,15 +54,17 @@ def iterate_batches(x: torch.Tensor, y: torch.Tensor, t: torch.Tensor, *,
                     batch_size: int = 128, shuffle: bool = False,
                     generator: Optional[torch.Generator] = None,
                     device: torch.device | str = "cpu", drop_last: bool = False,
-                    rows: Optional[torch.Tensor] = None, with_index: bool = False
-                    ) -> Iterator[tuple[torch.Tensor, ...]]:
+                    rows: Optional[torch.Tensor] = None, with_index: bool = False,
+                    scaling: str = "standard") -> Iterator[tuple[torch.Tensor, ...]]:
     """Yield ``(x float32 (B, C, H, W), y int64 (B,), t int64 (B,))`` over ``x`` uint8
-    (N, C, H, W), normalised per channel and permuted by ``permutations[t]`` when given.
+    (N, C, H, W), scaled as ``scaling`` says (module docstring; ``mean``/``std`` are used by
+    ``standard`` only) and permuted by ``permutations[t]`` when given.
 
     ``shuffle`` draws one ``torch.randperm`` from ``generator`` (torch's global generator when
     None) per call; the last batch is smaller unless ``drop_last``. ``rows`` (int64) restricts
     the pass to those rows (in that order, or shuffled: ``rows[randperm(len(rows))]``);
-    ``with_index`` appends the int64 (B,) row numbers of the batch to every tuple.
+    ``with_index`` appends the int64 (B,) row numbers of the batch to every tuple. Rows may
+    repeat (an epoch padded to whole batches).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -44,6 +74,9 @@ def iterate_batches(x: torch.Tensor, y: torch.Tensor, t: torch.Tensor, *,
     if len(mean) != channels or len(std) != channels:
         raise ValueError(f"mean/std need one value per channel ({channels}), got {len(mean)} "
                          f"and {len(std)}")
+    check_scaling(scaling, channels)
+    if scaling == "imagenet":
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
     device = torch.device(device)
     flat = x.reshape(n, -1)
     dim = flat.shape[1]
@@ -87,7 +120,8 @@ def iterate_batches(x: torch.Tensor, y: torch.Tensor, t: torch.Tensor, *,
             index = order[start:start + batch_size]
             xb, yb = flat.index_select(0, index), y.index_select(0, index)
             tb = t.index_select(0, index)
-        xb = xb.to(device, non_blocking=True).to(torch.float32).mul_(scale_b).add_(shift_b)
+        xb = xb.to(device, non_blocking=True).to(torch.float32)
+        xb = xb.div_(255.0) if scaling == "unit" else xb.mul_(scale_b).add_(shift_b)
         tb = tb.to(device, non_blocking=True)
         if single_perm is not None:
             xb = xb.index_select(1, single_perm)

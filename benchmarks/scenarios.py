@@ -4,9 +4,12 @@ Families (``mode``):
 
 * ``permutations`` (Goodfellow et al., 2013, arXiv:1312.6211; Kirkpatrick et al., 2017, PNAS
   114:3521): every task holds all images and classes, with its own fixed pixel permutation
-  ``P_i`` applied per batch by index gather. ``P_i`` is drawn from
-  ``np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0, i)))``, so it depends only
-  on (seed, i); with ``permute_first=False`` task 0 is the identity (and tasks 1.. are unchanged).
+  ``P_i`` applied per batch by index gather. With ``permutation_rng="seeded"`` ``P_i`` is drawn
+  from ``np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0, i)))``, so it depends
+  only on (seed, i); with ``permutation_rng="original"`` it is the permutation the original
+  sparse-dynamic-synapses code drew, ``np.random.seed(i); np.random.shuffle(list(range(D)))``,
+  the same for every seed (:func:`benchmarks.original.original_task_permutation`). With
+  ``permute_first=False`` task 0 is the identity (and tasks 1.. are unchanged).
 * ``split`` (Zenke, Poole & Ganguli, 2017, ICML; iCIFAR: Rebuffi et al., 2017, iCaRL, CVPR):
   the classes, taken in ``class_order``, are cut into ``num_tasks`` consecutive groups of
   ``num_classes / num_tasks``: split MNIST / Fashion-MNIST and iCIFAR-10 default to 5 tasks of
@@ -35,6 +38,10 @@ example keeping its own task id, label mapping and (permuted) pixel permutation;
 per task. ``train_subset`` keeps a seeded random subset of each task's own training examples
 (cumulative: the union of those subsets).
 
+Inputs are scaled per batch as ``input_scaling`` says (:mod:`benchmarks.batching`): standardised
+with the dataset's statistics (``standard``, the default), ``x / 255`` (``unit``, the original
+project's MNIST path) or ImageNet's statistics (``imagenet``, its iCIFAR path).
+
 Memory: permuted tasks share the dataset's tensor (no copy); split tasks are slices of one
 task-sorted copy; cumulative tasks are prefixes of one concatenation of the tasks' own
 examples, which for permuted tasks holds the unpermuted images once per task (num_tasks x the
@@ -49,13 +56,15 @@ from typing import Iterator, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from benchmarks.batching import iterate_batches
+from benchmarks.batching import check_scaling, iterate_batches
 from benchmarks.datasets import LoadedDataset, load_dataset
+from benchmarks.original import original_task_permutation
 from benchmarks.sources import SOURCES, get_source
 
 DATASETS = tuple(SOURCES)
 MODES = ("permutations", "split")
 SETTINGS = ("task", "domain", "class")
+PERMUTATION_RNGS = ("seeded", "original")
 DEFAULT_PERMUTED_TASKS = 10
 DEFAULT_SPLIT_TASKS = {"mnist": 5, "fashion_mnist": 5, "cifar10": 5, "cifar100": 10}
 
@@ -123,7 +132,9 @@ class Scenario:
     """An ordered list of tasks and how the model's heads map onto them (module doc).
 
     ``permutations`` is int64 (num_tasks, C*H*W) for permuted scenarios, else None;
-    ``mean``/``std`` are the per-channel statistics of x/255 on the whole training split.
+    ``mean``/``std`` are the per-channel statistics of x/255 on the whole training split;
+    ``input_scaling`` (one of :data:`~benchmarks.batching.SCALINGS`) says how batches are
+    scaled (``standard`` uses ``mean``/``std``).
     """
     name: str
     dataset: str
@@ -139,6 +150,7 @@ class Scenario:
     class_order: tuple[int, ...] = ()
     class_names: tuple[str, ...] = ()
     source: str = field(default="")
+    input_scaling: str = "standard"
 
     def __post_init__(self) -> None:
         where = f"scenario {self.name!r}"
@@ -166,6 +178,10 @@ class Scenario:
         if len(self.mean) != channels or len(self.std) != channels or min(self.std) <= 0:
             raise ValueError(f"{where}: mean/std need {channels} value(s) with std > 0, got "
                              f"{self.mean} / {self.std}")
+        try:
+            check_scaling(self.input_scaling, channels)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
         if self.permutations is not None:
             dim = int(np.prod(self.input_shape))
             if (self.permutations.dtype != torch.int64
@@ -214,11 +230,13 @@ class Scenario:
                 rows: Optional[torch.Tensor] = None, with_index: bool = False
                 ) -> Iterator[tuple[torch.Tensor, ...]]:
         """Mini-batches ``(x float32 (B, C, H, W), y int64 (B,), t int64 (B,))`` of one task's
-        ``split`` ("train" or "test"), normalised with ``mean``/``std`` and permuted by each
+        ``split`` ("train" or "test"), scaled as ``input_scaling`` says and permuted by each
         example's task permutation, per batch. ``shuffle`` defaults to True for "train" and
         False for "test"; it draws from ``generator`` (torch's global generator when None).
-        ``rows`` restricts the pass to those rows of the split; ``with_index`` appends each
-        batch's row numbers (see :func:`benchmarks.batching.iterate_batches`).
+        ``rows`` restricts the pass to those rows of the split, in that order, repeats allowed
+        (:func:`benchmarks.original.original_train_rows`: the original project's padded epoch);
+        ``with_index`` appends each batch's row numbers (see
+        :func:`benchmarks.batching.iterate_batches`).
         """
         task = self.tasks[self._check_index(task_index)]
         if split == "train":
@@ -232,7 +250,7 @@ class Scenario:
                                permutations=self.permutations, batch_size=batch_size,
                                shuffle=(split == "train") if shuffle is None else shuffle,
                                generator=generator, device=device, drop_last=drop_last,
-                               rows=rows, with_index=with_index)
+                               rows=rows, with_index=with_index, scaling=self.input_scaling)
 
     def __repr__(self) -> str:
         return (f"Scenario({self.name!r}, setting={self.setting!r}, tasks={self.num_tasks}, "
@@ -272,6 +290,8 @@ class _Spec:
     permute_first: bool
     class_order: tuple[int, ...]
     train_subset: Optional[int]
+    input_scaling: str
+    permutation_rng: str
 
 
 def _check_bool(name: str, value: object) -> bool:
@@ -283,9 +303,17 @@ def _check_bool(name: str, value: object) -> bool:
 def resolve_spec(dataset: str, mode: Optional[str] = None, num_tasks: Optional[int] = None,
                  setting: Optional[str] = None, cumulative: bool = False, seed: int = 0,
                  permute_first: bool = True, class_order: Union[str, Sequence[int]] = "fixed",
-                 train_subset: Optional[int] = None) -> _Spec:
+                 train_subset: Optional[int] = None, input_scaling: str = "standard",
+                 permutation_rng: str = "seeded") -> _Spec:
     """Validate scenario arguments (no file access) and fill in the defaults."""
     source = get_source(dataset)
+    try:
+        check_scaling(input_scaling, source.input_shape[0])
+    except ValueError as exc:
+        raise ValueError(f"{dataset}: {exc} (config key input_scaling)") from None
+    if permutation_rng not in PERMUTATION_RNGS:
+        raise ValueError(f"permutation_rng must be one of {', '.join(PERMUTATION_RNGS)}, got "
+                         f"{permutation_rng!r}")
     num_classes = source.num_classes
     single_channel = source.input_shape[0] == 1
     if mode is None:
@@ -324,11 +352,14 @@ def resolve_spec(dataset: str, mode: Optional[str] = None, num_tasks: Optional[i
             raise ValueError(f"class_order={class_order!r} applies to split scenarios only; "
                              "permuted tasks all hold every class (use class_order='fixed')")
         return _Spec(dataset, mode, num_tasks, setting, cumulative, int(seed), permute_first,
-                     tuple(range(num_classes)), subset)
+                     tuple(range(num_classes)), subset, input_scaling, permutation_rng)
 
     if not permute_first:
         raise ValueError("permute_first=False applies to permuted scenarios only (it makes task 0 "
                          "the identity); split scenarios have no permutation")
+    if permutation_rng != "seeded":
+        raise ValueError(f"permutation_rng={permutation_rng!r} applies to permuted scenarios only; "
+                         "split scenarios have no permutation (use permutation_rng='seeded')")
     valid = [d for d in _divisors(num_classes) if setting == "class" or num_classes // d >= 2]
     if num_classes % num_tasks:
         raise ValueError(
@@ -355,7 +386,7 @@ def resolve_spec(dataset: str, mode: Optional[str] = None, num_tasks: Optional[i
             raise ValueError(f"an explicit class_order must be a permutation of "
                              f"0..{num_classes - 1}, got {list(class_order)}")
     return _Spec(dataset, mode, num_tasks, setting, cumulative, int(seed), permute_first, order,
-                 subset)
+                 subset, input_scaling, permutation_rng)
 
 
 _Block = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (x, y, t) of one task's examples
@@ -395,14 +426,20 @@ def _scenario(data: LoadedDataset, spec: _Spec, family: str, tasks: list[Task], 
                     head_size=head_size, mean=data.mean, std=data.std,
                     permutations=permutations, cumulative=spec.cumulative,
                     class_order=spec.class_order, class_names=data.class_names,
-                    source=str(data.folder))
+                    source=str(data.folder), input_scaling=spec.input_scaling)
 
 
 def _permuted_scenario(data: LoadedDataset, spec: _Spec) -> Scenario:
     num_tasks, num_classes = spec.num_tasks, data.num_classes
     dim = int(np.prod(data.input_shape))
-    perms = torch.stack([torch.arange(dim) if (i == 0 and not spec.permute_first)
-                         else task_permutation(spec.seed, i, dim) for i in range(num_tasks)])
+    def permutation(i: int) -> torch.Tensor:
+        if i == 0 and not spec.permute_first:
+            return torch.arange(dim)
+        if spec.permutation_rng == "original":
+            return original_task_permutation(i, dim)
+        return task_permutation(spec.seed, i, dim)
+
+    perms = torch.stack([permutation(i) for i in range(num_tasks)])
     offset = num_classes if spec.setting == "class" else 0  # class setting: y = 10 t + digit
 
     def labels(y: torch.Tensor, i: int) -> torch.Tensor:
@@ -453,10 +490,11 @@ def scenario_from_dataset(data: LoadedDataset, mode: Optional[str] = None,
                           num_tasks: Optional[int] = None, setting: Optional[str] = None,
                           cumulative: bool = False, seed: int = 0, permute_first: bool = True,
                           class_order: Union[str, Sequence[int]] = "fixed",
-                          train_subset: Optional[int] = None) -> Scenario:
+                          train_subset: Optional[int] = None, input_scaling: str = "standard",
+                          permutation_rng: str = "seeded") -> Scenario:
     """Build a scenario over an already loaded dataset (arguments as :func:`build_scenario`)."""
     spec = resolve_spec(data.name, mode, num_tasks, setting, cumulative, seed, permute_first,
-                        class_order, train_subset)
+                        class_order, train_subset, input_scaling, permutation_rng)
     if tuple(data.input_shape) != get_source(data.name).input_shape:
         raise ValueError(f"{data.name} images must be {get_source(data.name).input_shape}, the "
                          f"data in {data.folder} are {data.input_shape}")
@@ -470,7 +508,8 @@ def build_scenario(dataset: str, mode: Optional[str] = None, num_tasks: Optional
                    permute_first: bool = True, class_order: Union[str, Sequence[int]] = "fixed",
                    train_subset: Optional[int] = None,
                    data_root: Optional[Union[str, os.PathLike]] = None, download: bool = True,
-                   mirrors: Optional[Sequence[str]] = None, progress: bool = True) -> Scenario:
+                   mirrors: Optional[Sequence[str]] = None, progress: bool = True,
+                   input_scaling: str = "standard", permutation_rng: str = "seeded") -> Scenario:
     """Build a continual-learning scenario (module doc) from the dataset's files.
 
     Config keys: ``dataset``, ``mnist_mode`` -> ``mode`` (``permutations`` | ``split``; CIFAR
@@ -478,12 +517,15 @@ def build_scenario(dataset: str, mode: Optional[str] = None, num_tasks: Optional
     ``scenario`` -> ``setting``, ``cumul`` -> ``cumulative``, ``seed``, ``permute_first``,
     ``class_order``, ``train_subset`` (None or 0 = every example; otherwise each task's own
     training examples are a random subset of at most that size, see :func:`subset_rows`),
-    ``data_root``. Arguments are validated before any file is read.
+    ``data_root``, ``input_scaling`` (standard | unit | imagenet, module doc),
+    ``permutation_rng`` (seeded | original, module doc). Arguments are validated before any
+    file is read.
     Defaults: permuted 10 tasks, domain setting; split 5 tasks (CIFAR-100: 10), task setting.
     """
     spec = resolve_spec(dataset, mode, num_tasks, setting, cumulative, seed, permute_first,
-                        class_order, train_subset)
+                        class_order, train_subset, input_scaling, permutation_rng)
     data = load_dataset(dataset, data_root, download=download, mirrors=mirrors,
                         progress=progress)
     return scenario_from_dataset(data, spec.mode, spec.num_tasks, spec.setting, spec.cumulative,
-                                 spec.seed, spec.permute_first, class_order, train_subset)
+                                 spec.seed, spec.permute_first, class_order, train_subset,
+                                 spec.input_scaling, spec.permutation_rng)

@@ -26,9 +26,17 @@ def build_model(config: Mapping[str, Any], scenario: Any) -> Net:
     ``cnn`` chooses :class:`CNN` over :class:`MLP`) and from ``scenario`` its ``input_shape``,
     ``num_heads``, ``head_size``, ``tasks`` and ``head_of(task)``: the model has ``num_heads``
     heads of ``head_size`` outputs and routes an example of task t to head ``head_of(t)``.
-    Deterministic given ``config["seed"]``. Raises ValueError for missing or invalid keys.
+    Deterministic given ``config["seed"]``. Raises ValueError for missing or invalid keys, and
+    when ``config`` has an ``input_scaling`` other than the one the scenario scales its batches
+    with (a scenario built without passing the key would train on inputs of another scale
+    without a word).
     """
     spec = NetSpec.from_config(config)
+    wanted, actual = getattr(config, "input_scaling", None), getattr(scenario, "input_scaling", None)
+    if wanted is not None and actual is not None and wanted != actual:
+        raise ValueError(f"build_model: the config says input_scaling = {wanted} but scenario "
+                         f"{getattr(scenario, 'name', '?')!r} scales its inputs '{actual}'; build "
+                         f"it with build_scenario(..., input_scaling=config['input_scaling'])")
     num_tasks = len(scenario.tasks)
     if num_tasks < 1:
         raise ValueError(f"build_model: scenario {getattr(scenario, 'name', '?')!r} has no tasks")

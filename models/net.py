@@ -4,8 +4,12 @@ output head per task (task-incremental) or one shared head, and optional Dale's 
 Architectures (as the original project's SimpleMLP / SimpleCNN; Pervasive-AI-Lab)::
 
     MLP: flatten -> hidden_layers x [Linear(hidden_units) -> act -> dropout] -> head(s)
-    CNN: 2 x [Conv2d(64, then 128 channels, 5x5, stride 1, no padding) -> act -> dropout]
+    CNN: conv_layers x [Conv2d(64, then 128 channels, 5x5, stride 1, no padding) -> act -> dropout]
          -> flatten -> hidden_layers x [Linear(hidden_units) -> act -> dropout] -> head(s)
+
+``conv_layers = 2`` is the SimpleCNN of the original's final release (8ee2b3c, iCIFAR);
+``conv_layers = 1`` the one-convolution SimpleCNN its permuted-MNIST CNN results came from
+(902843e: Conv2d(1, 64, 5) then Linear(64 * 24 * 24, hidden_units)).
 
     act, sparsify False: ReLU
     act, sparsify True:  MLP: KWinners (no ReLU before it, as in the original)
@@ -18,7 +22,8 @@ A hidden layer is a ``SparseWeights``/``SparseWeights2d`` whenever its weights a
 
 Differences from the original, each deliberate:
 
-* The CNN's flattened size is computed from the input (the original hard-coded 32x32 inputs),
+* The CNN's flattened size is computed from the input (the original hard-coded it: 28x28 inputs
+  for its one-convolution CNN, 32x32 for its two-convolution one),
   and ``hidden_layers`` sets its number of fully connected hidden layers (the original always
   had one, whatever the key said).
 * ``sparsify`` switches the k-WTA only; weight sparsity is set by ``weight_sparsity_fc/conv``
@@ -353,17 +358,19 @@ class MLP(Net):
 
 
 class CNN(Net):
-    """Two 5x5 convolutions (64, 128 channels, valid padding) then ``hidden_layers`` fc layers."""
+    """``conv_layers`` 5x5 convolutions (64, then 128 channels, valid padding) then
+    ``hidden_layers`` fc layers."""
 
     def _plan(self, spec: NetSpec, input_shape: tuple[int, int, int]) -> list[_LayerPlan]:
         c, h, w = input_shape
-        shrink = len(CONV_CHANNELS) * (CONV_KERNEL - 1)
+        convs = CONV_CHANNELS[:spec.conv_layers]
+        shrink = len(convs) * (CONV_KERNEL - 1)
         if h <= shrink or w <= shrink:
-            raise ValueError(f"CNN: input {h}x{w} is too small for {len(CONV_CHANNELS)} "
+            raise ValueError(f"CNN: input {h}x{w} is too small for {len(convs)} "
                              f"{CONV_KERNEL}x{CONV_KERNEL} valid convolutions (needs > {shrink} pixels "
                              f"per side)")
         plans, n_in = [], c
-        for i, channels in enumerate(CONV_CHANNELS):
+        for i, channels in enumerate(convs):
             side_h, side_w = h - (i + 1) * (CONV_KERNEL - 1), w - (i + 1) * (CONV_KERNEL - 1)
             plans.append(_LayerPlan(True, n_in, channels, side_h * side_w, spec.weight_sparsity_conv,
                                     spec.percent_on_conv, True))

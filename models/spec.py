@@ -20,7 +20,8 @@ class NetSpec:
     """Architecture of an MLP or CNN built by :func:`models.build_model`.
 
     Attributes (config keys of the same name):
-        cnn: two 5x5 convolutions (64 and 128 channels) before the fully connected layers.
+        cnn: 5x5 convolutions (64, then 128 channels) before the fully connected layers.
+        conv_layers: number of those convolutions, 1 or 2 (CNN only).
         hidden_units: width of every fully connected hidden layer.
         hidden_layers: number of fully connected hidden layers (>= 1).
         dropout: dropout probability after every hidden layer, in [0, 1).
@@ -68,6 +69,7 @@ class NetSpec:
     # keys added after the first release take the schema's default when not given (specs built
     # by code written before them keep working); see ADDED_KEYS
     dropout_draws: str = SCHEMA["dropout_draws"].default
+    conv_layers: int = SCHEMA["conv_layers"].default
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -94,7 +96,7 @@ class NetSpec:
 MODEL_KEYS: tuple[str, ...] = tuple(f.name for f in fields(NetSpec))
 #: Model keys added after the first release: a plain mapping without them (written for an
 #: earlier version) gets their schema default.
-ADDED_KEYS: tuple[str, ...] = ("dropout_draws",)
+ADDED_KEYS: tuple[str, ...] = ("dropout_draws", "conv_layers")
 
 
 def _check(name: str, value: Any) -> None:

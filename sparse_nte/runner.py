@@ -38,6 +38,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from benchmarks.original import original_train_rows
 from sparse_nte import stats as model_stats
 from sparse_nte.config import Config, config_from_dict
 from sparse_nte.errors import CheckpointError, DivergedError, ResultsError
@@ -134,9 +135,11 @@ def _train_task(learner: Learner, ctx: TaskContext, progress: bool) -> Dict[str,
     for epoch in tqdm(range(ctx.epochs), desc=f"task {ctx.task} epochs", leave=False, disable=not progress):
         model.train()
         gen = _shuffle_generator(ctx.seed, ctx.task, epoch)
-        rows = learner.epoch_rows(ctx, epoch)
+        rows, shuffle = learner.epoch_rows(ctx, epoch), True
+        if rows is None and ctx.train_order == "original":   # the original project's fixed order
+            rows, shuffle = original_train_rows(len(scenario.tasks[ctx.task].train_y), ctx.batch_size), False
         n_rows = len(scenario.tasks[ctx.task].train_y) if rows is None else int(rows.numel())
-        batches = scenario.batches(ctx.task, "train", batch_size=ctx.batch_size, shuffle=True,
+        batches = scenario.batches(ctx.task, "train", batch_size=ctx.batch_size, shuffle=shuffle,
                                    generator=gen, device=ctx.device, rows=rows, with_index=True)
         last_epoch = []
         for x, y, t, index in tqdm(batches, total=math.ceil(n_rows / ctx.batch_size), desc="batches",
@@ -274,6 +277,7 @@ def run_trial(config: Any, results_dir: os.PathLike = "results", *, folder: Opti
         setting=config.scenario, cumulative=config.cumul, seed=seed,
         permute_first=config.permute_first, class_order=config.class_order,
         data_root=config.data_root or None, train_subset=config.train_subset or None,
+        input_scaling=config.input_scaling, permutation_rng=config.permutation_rng,
     )
     log(f"[{exp} seed {seed}] data: {config.dataset} from {scenario.source}")
     model = build_model(config, scenario)
@@ -313,7 +317,7 @@ def run_trial(config: Any, results_dir: os.PathLike = "results", *, folder: Opti
         t0 = time.perf_counter()
         ctx = TaskContext(task=i, num_tasks=num_tasks, scenario=scenario, model=model, device=device,
                           seed=seed, steps=steps[i], epochs=epochs[i],
-                          batch_size=config.mb_size)
+                          batch_size=config.mb_size, train_order=config.train_order)
         try:
             train_info = _train_task(learner, ctx, progress)
         except DivergedError as exc:

@@ -103,6 +103,7 @@ class TaskContext:
     steps: int                   # optimizer steps this task trains for (with full data)
     epochs: int
     batch_size: int
+    train_order: str = "shuffle"  # "original": every epoch uses the original project's fixed rows
 
     def train_batches(self, *, batch_size: Optional[int] = None, rows: Optional[torch.Tensor] = None,
                       shuffle: bool = False, generator: Optional[torch.Generator] = None):

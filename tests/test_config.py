@@ -65,7 +65,7 @@ def test_every_shipped_experiment_validates_and_has_its_own_description(shipped)
     assert names == list(shipped)
     raw = SHIPPED.read_text(encoding="utf-8")
     for name, cfg in shipped.items():
-        section = raw.split(f"[{name}]", 1)[1].split("\n[", 1)[0]
+        section = "\n" + raw.split(f"\n[{name}]\n", 1)[1].split("\n[", 1)[0]   # from its header line
         assert "\ndescription =" in section, f"[{name}] has no description of its own"
         assert cfg.description and len(cfg.description) <= 120
     # the shared section alone is a valid experiment too (the original ran it without --name)

@@ -40,7 +40,7 @@ class FakeScenario:
 
 
 def config(**overrides):
-    cfg = dict(cnn=False, hidden_units=32, hidden_layers=1, dropout=0.0, dropout_draws="all",
+    cfg = dict(cnn=False, conv_layers=2, hidden_units=32, hidden_layers=1, dropout=0.0, dropout_draws="all",
                sparsify=False,
                percent_on_fc=0.25, percent_on_conv=0.5, k_inference_factor=1.5, boost_strength=1.0,
                boost_strength_factor=0.9, duty_cycle_period=1000, weight_sparsity_fc=1.0,

@@ -150,7 +150,7 @@ class _TwoTaskScenario:
 
 def _model(**overrides):
     from models import build_model
-    cfg = dict(cnn=False, hidden_units=40, hidden_layers=2, dropout=0.5, sparsify=True,
+    cfg = dict(cnn=False, conv_layers=2, hidden_units=40, hidden_layers=2, dropout=0.5, sparsify=True,
                percent_on_fc=0.25, percent_on_conv=0.5, k_inference_factor=1.0, boost_strength=0.0,
                boost_strength_factor=1.0, duty_cycle_period=1000, weight_sparsity_fc=0.5,
                weight_sparsity_conv=1.0, seed=0, dale=True, exc_fraction=0.8, dale_input=False,

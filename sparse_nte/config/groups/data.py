@@ -13,7 +13,8 @@ from sparse_nte.config.fields import key
 if TYPE_CHECKING:  # pragma: no cover
     from sparse_nte.config.resolve import Resolver
 
-from benchmarks.scenarios import DATASETS, MODES, SETTINGS
+from benchmarks.batching import SCALINGS
+from benchmarks.scenarios import DATASETS, MODES, PERMUTATION_RNGS, SETTINGS
 from benchmarks.sources import SOURCES
 
 TITLE = "benchmark and scenario"
@@ -73,6 +74,16 @@ class DataKeys:
         0, interval="[0, inf)", derived="0 = from `dataset` (10, or 100 for cifar100)",
         doc="Original key, kept for old files: if given it must equal the dataset's number of classes.")
 
+    input_scaling: str = key(
+        "standard", choices=SCALINGS,
+        doc="Input scaling: standard ((x/255 - mean) / std per channel, the training split's "
+            "statistics), unit (x/255 in [0, 1], the original project's MNIST input) or imagenet "
+            "(ImageNet's channel statistics, the original project's iCIFAR input; 3-channel datasets "
+            "only).")
+    permutation_rng: str = key(
+        "seeded", choices=PERMUTATION_RNGS,
+        doc="permutations: task i's pixel permutation drawn from (seed, i) (seeded) or the original "
+            "project's numpy RandomState(i).permutation, the same for every seed (original).")
 
 def derive(r: "Resolver") -> None:
     """``dataset`` empty -> the first dataset of ``benchmark`` (mnist -> mnist, cifar -> cifar100,
@@ -100,6 +111,10 @@ def check(r: "Resolver") -> None:
                           f"supported), but {w('mnist_mode')}; set mnist_mode = split",
                           "mnist_mode", "benchmark"))
     n_classes = DATASET_CLASSES[v["dataset"]]
+    if v["input_scaling"] == "imagenet" and SOURCES[v["dataset"]].input_shape[0] != 3:
+        r.fail(r.conflict(f"{w('input_scaling')} normalises 3 RGB channels with ImageNet's statistics, "
+                          f"but {w('dataset')} has grey images; use standard or unit",
+                          "input_scaling", "dataset"))
     if v["num_classes"] != n_classes:
         r.fail(r.conflict(f"{w('num_classes')} but {v['dataset']} has {n_classes} classes; remove "
                           f"num_classes (it is derived from dataset)", "num_classes", "dataset"))
@@ -118,7 +133,8 @@ def check(r: "Resolver") -> None:
 def no_effect(v: dict[str, Any]) -> dict[str, str]:
     if v["mnist_mode"] == "permutations":
         return {"class_order": "tasks are permutations (mnist_mode = permutations), not class splits"}
-    return {"permute_first": "tasks are class splits (mnist_mode = split), not permutations"}
+    return dict.fromkeys(("permute_first", "permutation_rng"),
+                         "tasks are class splits (mnist_mode = split), not permutations")
 
 
 #: The group's keys (read by sparse_nte.config.schema).

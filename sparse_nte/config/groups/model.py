@@ -14,6 +14,10 @@ class ModelKeys:
     cnn: bool = key(
         False,
         doc="Convolutional network (the original SimpleCNN) instead of an MLP.")
+    conv_layers: int = key(
+        2, interval="[1, 2]",
+        doc="Convolutions of the CNN (5x5, 64 then 128 channels): 2 (the original's final SimpleCNN) "
+            "or 1 (the one-convolution SimpleCNN of its permuted-MNIST results).")
     hidden_units: int = key(
         1024, interval="[1, inf)",
         doc="Units per hidden fc layer.")

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from sparse_nte.config.fields import key
 
+from benchmarks.original import TRAIN_ORDERS
 from sparse_nte.rules.optimizers import OPTIMIZERS
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -47,6 +48,12 @@ class TrainingKeys:
     train_ep_inc: int = key(
         1, interval="[0, inf)",
         doc="Epochs on every later task (> 0 when num_batch > 1).")
+    train_order: str = key(
+        "shuffle", choices=TRAIN_ORDERS,
+        doc="Order of each epoch: shuffle (a new random order per (seed, task, epoch), last batch "
+            "smaller) or original (the original project's: the task's rows padded to whole "
+            "mini-batches by repeating its first rows, shuffled once by numpy RandomState(0), the "
+            "same order in every epoch, task and seed).")
 
 
 def check(r: "Resolver") -> None:
@@ -54,6 +61,9 @@ def check(r: "Resolver") -> None:
     if v["num_batch"] > 1 and v["train_ep_inc"] == 0:
         r.fail(r.conflict(f"{w('train_ep_inc')} would leave tasks 1..{v['num_batch'] - 1} untrained "
                           f"({w('num_batch')}); give them at least 1 epoch", "train_ep_inc", "num_batch"))
+    if v["train_order"] == "original" and v["data_pruning"] != "none":
+        r.fail(r.conflict(f"{w('train_order')} fixes every epoch's rows, but {w('data_pruning')} "
+                          f"chooses them; use train_order = shuffle", "train_order", "data_pruning"))
     if v["nesterov"] and v["momentum"] == 0 and v["optimizer"] == "sgd":
         r.fail(r.conflict(f"{w('nesterov')} needs momentum > 0, but {w('momentum')} (torch.optim.SGD "
                           f"rejects this too)", "nesterov", "momentum"))
