@@ -1,9 +1,10 @@
-"""Building blocks of the networks: a hidden layer (weights -> activation -> dropout), dropout
-with a faster mask on CPU, and a k-winner-take-all among the excitatory units only (Dale's law
-with ``dale_kwta = exclude``)."""
+"""Building blocks of the networks: a hidden layer (weights -> activation -> [norm] -> dropout),
+dropout with a faster mask on CPU, a layer normalisation over channels, and a
+k-winner-take-all among the excitatory units only (Dale's law with ``dale_kwta = exclude``)."""
 from __future__ import annotations
 
 import functools
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 
 from sparse_nte.layers import KWinnersBase
 
-__all__ = ["HiddenBlock", "Dropout", "ExcitatoryKWinners"]
+__all__ = ["HiddenBlock", "Dropout", "ExcitatoryKWinners", "ChannelLayerNorm"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -52,21 +53,50 @@ class Dropout(nn.Dropout):
         return x * noise
 
 
-class HiddenBlock(nn.Module):
-    """``dropout(activation(layer(x)))``.
+class ChannelLayerNorm(nn.Module):
+    """Layer normalisation over the channels at every location of a ``(B, C, H, W)`` map, without
+    affine parameters (flax's ``LayerNorm`` on channels-last maps, as in the CNN of Daruwalla &
+    Lipasti 2024)::
 
-    The three parts are separate submodules so that the network can observe the activation
-    BEFORE dropout (activity statistics must not count the units dropout silenced).
+        y[b, c, h, w] = (x[b, c, h, w] - mu[b, h, w]) / sqrt(var[b, h, w] + eps)
+
+    with ``mu`` and the biased ``var`` taken over c."""
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.channels = int(channels)
+        self.eps = float(eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.channels:
+            raise ValueError(f"ChannelLayerNorm({self.channels}) expects (B, {self.channels}, H, W), "
+                             f"got {tuple(x.shape)}")
+        y = F.layer_norm(x.movedim(1, -1), (self.channels,), eps=self.eps)
+        return y.movedim(-1, 1)
+
+    def extra_repr(self) -> str:
+        return f"{self.channels}, eps={self.eps}"
+
+
+class HiddenBlock(nn.Module):
+    """``dropout(norm(activation(layer(x))))``; ``norm`` is the identity unless the network has
+    ``layer_norm`` on.
+
+    The parts are separate submodules so that the network can observe the activation BEFORE
+    normalisation and dropout (activity statistics must not count the units dropout silenced),
+    and local learning rules can read the block's output ``norm(activation(layer(x)))``.
     """
 
-    def __init__(self, layer: nn.Module, activation: nn.Module, dropout: float) -> None:
+    def __init__(self, layer: nn.Module, activation: nn.Module, dropout: float,
+                 norm: Optional[nn.Module] = None) -> None:
         super().__init__()
         self.layer = layer
         self.activation = activation
+        self.norm = norm if norm is not None else nn.Identity()
         self.dropout = Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.activation(self.layer(x)))
+        return self.dropout(self.norm(self.activation(self.layer(x))))
 
 
 class ExcitatoryKWinners(nn.Module):

@@ -38,6 +38,10 @@ class NetSpec:
         sparse_init: "torch" (PyTorch's default init, scaled for the full fan-in, as the original
             project) or "fan_in" (sparse layers without Dale's law scaled by
             sqrt(fan_in / live inputs), as nupic.torch's ``normalize_sparse_weights``).
+        layer_norm: LayerNorm without affine parameters after every hidden activation (over the
+            units, or over the channels at every location of a conv map), as the networks the
+            IB-Hebbian rule was published with (Daruwalla & Lipasti 2024). Optional key, False
+            when absent.
     """
 
     cnn: bool
@@ -60,6 +64,7 @@ class NetSpec:
     dale_kwta: str
     sparse_exec: str
     sparse_init: str
+    layer_norm: bool = False
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -75,10 +80,15 @@ class NetSpec:
         if missing:
             raise ValueError(f"build_model: config lacks the model key(s) {', '.join(missing)} "
                              f"(needed: {', '.join(MODEL_KEYS)})")
-        return cls(**{k: config[k] for k in MODEL_KEYS})
+        optional = {k: config[k] for k in OPTIONAL_MODEL_KEYS if k in config}
+        return cls(**{k: config[k] for k in MODEL_KEYS}, **optional)
 
 
-MODEL_KEYS: tuple[str, ...] = tuple(f.name for f in fields(NetSpec))
+#: Model keys read when the config has them and defaulted otherwise (newer than the schema).
+OPTIONAL_MODEL_KEYS: tuple[str, ...] = ("layer_norm",)
+#: Model keys every config must have.
+MODEL_KEYS: tuple[str, ...] = tuple(f.name for f in fields(NetSpec)
+                                    if f.name not in OPTIONAL_MODEL_KEYS)
 
 
 def _is_int(v: Any) -> bool:
@@ -119,6 +129,7 @@ _RULES = {
     "dale_kwta": (lambda v: v in ("include", "exclude"), "'include' or 'exclude'"),
     "sparse_exec": (lambda v: v in ("auto", "on", "off"), "'auto', 'on' or 'off'"),
     "sparse_init": (lambda v: v in ("torch", "fan_in"), "'torch' or 'fan_in'"),
+    "layer_norm": (lambda v: isinstance(v, bool), "a bool"),
 }
 
 
