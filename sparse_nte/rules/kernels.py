@@ -59,8 +59,12 @@ def sq_distances(a: torch.Tensor) -> torch.Tensor:
     """``D[..., i, j] = ||a_i - a_j||^2`` for ``a`` (..., N, d), from the Gram matrix (one GEMM);
     clamped at 0 and with an exact 0 diagonal (the Gram form rounds there)."""
     sq = (a * a).sum(-1)
-    d = sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2.0 * (a @ a.transpose(-1, -2))
+    d = torch.baddbmm(sq.unsqueeze(-1) + sq.unsqueeze(-2), a, a.transpose(-1, -2), alpha=-2.0) \
+        if a.dim() == 3 else sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2.0 * (a @ a.transpose(-1, -2))
     d = d.clamp_min(0.0)
+    if not d.requires_grad:
+        d.diagonal(dim1=-2, dim2=-1).zero_()
+        return d
     return d * (1.0 - torch.eye(a.shape[-2], dtype=a.dtype, device=a.device))
 
 

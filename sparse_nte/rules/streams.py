@@ -129,7 +129,7 @@ class IBHebbianStreams:
             self.norm_eps.append(self._norm([n.blocks[b] for n in nets], b))
         self.heads = [self._stack([n.heads[h] for n in nets], f"head {h}")
                       for h in range(len(ref.heads))]
-        self.optimizer = build_local_optimizer(optimizer, self.parameters())
+        self.optimizer = build_local_optimizer(optimizer, self.parameters(), foreach=True)
         self.dtype = self.layers[0].weight.dtype
         s, n = self.num_streams, spec.window
         dx = int(torch.tensor(self.input_shape).prod())
@@ -222,10 +222,9 @@ class IBHebbianStreams:
             if eps is None:
                 z, zhat, rstd = r, None, None
             else:
-                mu = r.mean(-1, keepdim=True)
-                var = r.var(-1, unbiased=False, keepdim=True)
-                rstd = torch.rsqrt(var + eps)
-                zhat = (r - mu) * rstd
+                dev = r - r.mean(-1, keepdim=True)
+                rstd = torch.rsqrt((dev * dev).mean(-1, keepdim=True) + eps)
+                zhat = dev * rstd
                 z = zhat
             zs.append(z)
             saved.append((h[:, -1], on[:, -1], None if zhat is None else zhat[:, -1],
@@ -234,6 +233,10 @@ class IBHebbianStreams:
         return zs, saved
 
     def _heads_logits(self, h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if len(self.heads) == 1:
+            lin = self.heads[0]
+            return torch.baddbmm(lin.bias.unsqueeze(1), h, lin.weight.transpose(1, 2)) \
+                if lin.bias is not None else torch.bmm(h, lin.weight.transpose(1, 2))
         heads = self.head_of_task[t]                      # (S, R)
         out = h.new_zeros(h.shape[0], h.shape[1], self.head_size)
         for k in torch.unique(heads).tolist():
@@ -324,13 +327,16 @@ class IBHebbianStreams:
         heads = self.head_of_task[tw]
         h_last = zs[-1]
         for k, lin in enumerate(self.heads):
-            use = (heads == k)
-            if not bool(use.any()):
-                lin.weight.grad = None
-                if lin.bias is not None:
-                    lin.bias.grad = None
-                continue
-            dk = dlogits * use.unsqueeze(-1).to(dlogits.dtype)
+            if len(self.heads) == 1:
+                dk = dlogits
+            else:
+                use = (heads == k)
+                if not bool(use.any()):
+                    lin.weight.grad = None
+                    if lin.bias is not None:
+                        lin.bias.grad = None
+                    continue
+                dk = dlogits * use.unsqueeze(-1).to(dlogits.dtype)
             gw = torch.bmm(dk.transpose(1, 2), h_last)
             lin.weight.grad = gw if lin.keep is None else gw * lin.keep
             if lin.bias is not None:
