@@ -10,14 +10,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models import build_model
 from sparse_nte.dale import constrain_optimizer
-from sparse_nte.layers import KWinners, SparseWeights
+from sparse_nte.layers import SparseWeights
 from sparse_nte.rules.hsic import HSICBottleneck, HSICSpec, build_hsic
 from sparse_nte.rules.ib_hebbian import IBHebbian, IBHebbianSpec, build_ib_hebbian
 from sparse_nte.rules.kernels import (centering_diag, gaussian_kernel, gaussian_kernel_row, hsic,

@@ -41,12 +41,16 @@ weight decay 1e-4, beta2 0.99 on MNIST).
 Signal source (``ib_signal``): ``exact`` computes ``xi_l`` from the window; ``reservoir`` feeds
 ``[x_N, y_N, z_{l,N}]`` to one reservoir per hidden layer (:mod:`sparse_nte.rules.reservoir`)
 and updates the synapses with its readout, which learns the exact ``xi_l`` online by LMS; the
-relative tracking error ``sum ||xi_hat - xi||^2 / sum ||xi||^2`` is in the statistics.
+relative tracking error ``sum ||xi_hat - xi||^2 / sum ||xi||^2`` is in the statistics. A
+reservoir costs about ``size^2 * steps`` multiply-adds per sample and layer and holds
+``size * (inputs + classes + layer outputs)`` input weights: fine for MLPs, too large for the
+outputs of conv layers.
 
 How the runner's mini-batches are consumed: a batch of B rows is B consecutive single-sample
 updates, in row order (one optimizer step each, ``before_update()`` before each step). The
 window carries over from batch to batch and epoch to epoch within a task and is emptied at
-every task start, so a window never mixes tasks (replayed rows appended to a batch do enter it).
+every task start, so a window never mixes tasks (replayed rows appended to a batch do enter it);
+the reservoirs' activity is reset then too (their learned readouts are kept).
 While it holds fewer than N samples the newest sample only enters it: no weight changes (the
 reference starts with the first full window). The returned loss of a row is the CE of the
 model's output for it just before its update.
@@ -225,7 +229,10 @@ class IBHebbian(LocalRule):
 
     # -- events --------------------------------------------------------------------------------
     def on_task_start(self, ctx: TaskContext) -> None:
+        """Empty the working memory (and the reservoirs' recent activity; their readouts stay)."""
         self.window.clear()
+        for r in self.reservoirs:
+            r.reset_state()
         self._reset_stats()
 
     # -- the step ------------------------------------------------------------------------------

