@@ -9,7 +9,8 @@ Three experiments, each over several seeds, test accuracy (10k images) after eve
   (:class:`sparse_nte.rules.streams.IBHebbianStreams`); every seed has its own initialisation
   and data order.
 * ``bp``: their backprop baseline: the same network, AdamW lr 1e-3 (weight decay 1e-4, beta2
-  0.99), batch 6; the seeds' networks are stacked and trained as one batched computation.
+  0.99), batch 6; the seeds' networks are stacked and trained as one batched computation
+  (``--widths``, ``--bp-optimizer``, ``--batch`` for the backprop twin of the hsic network).
 * ``hsic``: the HSIC bottleneck of Ma et al. (2020) on a ``models.Net`` with LayerNorm
   (:class:`sparse_nte.rules.hsic.HSICBottleneck`), accuracy of the online-formatted heads.
 
@@ -124,24 +125,27 @@ def run_ib(args) -> None:
 def run_bp(args) -> None:
     xtr, ytr, xte, yte = load(args.data, args.train_limit)
     s = args.seeds
-    log = Log(args.out, {"exp": "bp", "seeds": s, "lr": args.lr, "batch": args.batch})
-    nets = [reference_mlp(seed) for seed in range(s)]
-    layers = [[n.blocks[i].layer for n in nets] for i in range(2)] + [[n.heads[0] for n in nets]]
+    widths = tuple(int(w) for w in args.widths.split(","))
+    log = Log(args.out, {"exp": "bp", "seeds": s, "lr": args.lr, "batch": args.batch,
+                         "widths": widths, "optimizer": args.bp_optimizer})
+    nets = [reference_mlp(seed, widths) for seed in range(s)]
+    layers = [[n.blocks[i].layer for n in nets] for i in range(len(widths))] \
+        + [[n.heads[0] for n in nets]]
     params = []
     for group in layers:
         params += [torch.nn.Parameter(torch.stack([m.weight.detach() for m in group])),
                    torch.nn.Parameter(torch.stack([m.bias.detach() for m in group]))]
-    opt = build_local_optimizer(LocalOptimizerSpec(optimizer="adamw", lr=args.lr,
+    opt = build_local_optimizer(LocalOptimizerSpec(optimizer=args.bp_optimizer, lr=args.lr,
                                                    weight_decay=1e-4, adam_beta2=0.99),
                                 params, fused=True)
 
     def forward(x: torch.Tensor) -> torch.Tensor:       # x (S, B, 784)
         h = x
-        for i in range(2):
+        for i in range(len(widths)):
             h = torch.relu(torch.baddbmm(params[2 * i + 1].unsqueeze(1), h,
                                          params[2 * i].transpose(1, 2)))
             h = F.layer_norm(h, (h.shape[-1],))
-        return torch.baddbmm(params[5].unsqueeze(1), h, params[4].transpose(1, 2))
+        return torch.baddbmm(params[-1].unsqueeze(1), h, params[-2].transpose(1, 2))
 
     for epoch in range(log.done, args.epochs):
         t0 = time.time()
@@ -223,6 +227,8 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=500, help="ib: samples per step() call")
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--batch", type=int, default=None)
+    ap.add_argument("--widths", default="128,64", help="bp: hidden widths")
+    ap.add_argument("--bp-optimizer", default="adamw", help="bp: sgd | adam | adamw")
     ap.add_argument("--units", type=int, default=256, help="hsic: width")
     ap.add_argument("--layers", type=int, default=3, help="hsic: hidden layers")
     ap.add_argument("--beta", type=float, default=1000.0, help="hsic: beta")

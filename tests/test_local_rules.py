@@ -155,6 +155,25 @@ def test_signal_is_twice_the_autograd_gradient_of_the_diagonal_hsic_objective(n,
     assert torch.all(grad[:-1].abs() >= 0)          # (only row N is the rule's concern)
 
 
+def test_signal_descends_the_full_hsic_objective_on_average():
+    """The diagonal terms are not the whole objective, but the rule must point the same way: on
+    random windows the cosine between xi and the autograd gradient of the full
+    HSIC(x, z) - gamma HSIC(y, z) with respect to z_N is positive on average (a sign error in
+    the signal would make it negative)."""
+    cosines = []
+    for seed in range(60):
+        x, y, z = _window(8, 20, 16, 10, seed)
+        kx, ky = gaussian_kernel(x, 0.5), gaussian_kernel(y, 0.1)
+        z = z.clone().requires_grad_(True)
+        kz = gaussian_kernel(z, 1.0)
+        (grad,) = torch.autograd.grad(hsic(kx, kz) - 2.0 * hsic(ky, kz), z)
+        xi = ib_signal(ib_modulation(kx, ky, 2.0), gaussian_kernel_row(z.detach(), 1.0),
+                       z.detach(), 1.0)
+        cosines.append(float(F.cosine_similarity(xi, grad[-1], dim=0)))
+    cosines = torch.tensor(cosines)
+    assert float(cosines.mean()) > 0.3 and float((cosines > 0).to(D).mean()) > 0.75
+
+
 @settings(max_examples=30, deadline=None)
 @given(n=st.integers(2, 8), dz=st.integers(1, 5), gamma=st.floats(0.0, 5.0), seed=st.integers(0, 999))
 def test_prefix_bug_drops_exactly_the_first_term(n, dz, gamma, seed):
