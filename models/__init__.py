@@ -9,12 +9,13 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from models.activity import ActivityRecorder
-from models.blocks import ExcitatoryKWinners, HiddenBlock
+from models.blocks import ChannelLayerNorm, ExcitatoryKWinners, HiddenBlock
 from models.net import CNN, CONV_CHANNELS, CONV_KERNEL, MLP, Net
-from models.spec import MODEL_KEYS, NetSpec
+from models.spec import ADDED_KEYS, MODEL_KEYS, NetSpec
 
 __all__ = [
-    "build_model", "Net", "MLP", "CNN", "NetSpec", "MODEL_KEYS", "HiddenBlock",
+    "build_model", "Net", "MLP", "CNN", "NetSpec", "MODEL_KEYS", "ADDED_KEYS",
+    "HiddenBlock", "ChannelLayerNorm",
     "ExcitatoryKWinners", "ActivityRecorder", "CONV_CHANNELS", "CONV_KERNEL",
 ]
 
@@ -22,8 +23,9 @@ __all__ = [
 def build_model(config: Mapping[str, Any], scenario: Any) -> Net:
     """Build the network an experiment describes, shaped for ``scenario``.
 
-    Reads the keys in :data:`MODEL_KEYS` from ``config`` (see :class:`NetSpec` for their meaning;
-    ``cnn`` chooses :class:`CNN` over :class:`MLP`) and from ``scenario`` its ``input_shape``,
+    Reads the keys in :data:`MODEL_KEYS` (those of :data:`ADDED_KEYS` default to the schema when absent) from
+    ``config`` (see :class:`NetSpec` for their meaning; ``cnn`` chooses :class:`CNN` over
+    :class:`MLP`) and from ``scenario`` its ``input_shape``,
     ``num_heads``, ``head_size``, ``tasks`` and ``head_of(task)``: the model has ``num_heads``
     heads of ``head_size`` outputs and routes an example of task t to head ``head_of(t)``.
     Deterministic given ``config["seed"]``. Raises ValueError for missing or invalid keys, and

@@ -1,6 +1,6 @@
-"""Building blocks of the networks: a hidden layer (weights -> activation -> dropout), dropout
-with a faster mask on CPU, and a k-winner-take-all among the excitatory units only (Dale's law
-with ``dale_kwta = exclude``).
+"""Building blocks of the networks: a hidden layer (weights -> activation -> [norm] -> dropout),
+dropout with a faster mask on CPU, a layer normalisation over channels, and a k-winner-take-all
+among the excitatory units only (Dale's law with ``dale_kwta = exclude``).
 
 Dropout draws (config key ``dropout_draws``). ``all`` (default): one uniform per unit, the
 masks of torch's ``F.dropout`` bit for bit. ``active``: one uniform per unit that can pass
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from sparse_nte.layers import KWinners, KWinnersBase
 from sparse_nte.layers.functional import scale_nonzeros
 
-__all__ = ["HiddenBlock", "Dropout", "ExcitatoryKWinners", "DROPOUT_DRAWS"]
+__all__ = ["HiddenBlock", "Dropout", "ExcitatoryKWinners", "ChannelLayerNorm", "DROPOUT_DRAWS"]
 
 #: Choices of the config key ``dropout_draws`` (module docstring).
 DROPOUT_DRAWS = ("all", "active")
@@ -127,18 +127,46 @@ class _WinnerDropout:
         return self.drop(y)
 
 
-class HiddenBlock(nn.Module):
-    """``dropout(activation(layer(x)))``.
+class ChannelLayerNorm(nn.Module):
+    """Layer normalisation over the channels at every location of a ``(B, C, H, W)`` map, without
+    affine parameters (flax's ``LayerNorm`` on channels-last maps, as in the CNN of Daruwalla &
+    Lipasti 2024)::
 
-    The three parts are separate submodules so that the network can observe the activation
-    BEFORE dropout (activity statistics must not count the units dropout silenced).
+        y[b, c, h, w] = (x[b, c, h, w] - mu[b, h, w]) / sqrt(var[b, h, w] + eps)
+
+    with ``mu`` and the biased ``var`` taken over c."""
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.channels = int(channels)
+        self.eps = float(eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.channels:
+            raise ValueError(f"ChannelLayerNorm({self.channels}) expects (B, {self.channels}, H, W), "
+                             f"got {tuple(x.shape)}")
+        y = F.layer_norm(x.movedim(1, -1), (self.channels,), eps=self.eps)
+        return y.movedim(-1, 1)
+
+    def extra_repr(self) -> str:
+        return f"{self.channels}, eps={self.eps}"
+
+
+class HiddenBlock(nn.Module):
+    """``dropout(norm(activation(layer(x))))``; ``norm`` is the identity unless the network has
+    ``layer_norm`` on.
+
+    The parts are separate submodules so that the network can observe the activation BEFORE
+    normalisation and dropout (activity statistics must not count the units dropout silenced),
+    and local learning rules can read the block's output ``norm(activation(layer(x)))``.
     """
 
     def __init__(self, layer: nn.Module, activation: nn.Module, dropout: float,
-                 dropout_draws: str = "all") -> None:
+                 dropout_draws: str = "all", norm: Optional[nn.Module] = None) -> None:
         super().__init__()
         self.layer = layer
         self.activation = activation
+        self.norm = norm if norm is not None else nn.Identity()
         self.dropout = Dropout(dropout, draws=dropout_draws) if dropout > 0 else nn.Identity()
 
     def activate(self, h: torch.Tensor) -> torch.Tensor:
@@ -150,14 +178,15 @@ class HiddenBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.layer(x)
-        act, drop = self.activation, self.dropout
+        act, norm, drop = self.activation, self.norm, self.dropout
         if not torch.is_grad_enabled():
-            return drop(self.activate(h))
-        if isinstance(drop, Dropout) and type(act) is KWinners and act.training:
+            return drop(norm(self.activate(h)))
+        if (isinstance(drop, Dropout) and type(act) is KWinners and act.training
+                and type(norm) is nn.Identity):
             fused = drop.winner_scales(h)
             if fused is not None:
                 return act(h, dropout=fused)   # the dropout applied to the k winners only
-        return drop(act(h))
+        return drop(norm(act(h)))
 
 
 class ExcitatoryKWinners(nn.Module):

@@ -3,9 +3,17 @@ output head per task (task-incremental) or one shared head, and optional Dale's 
 
 Architectures (as the original project's SimpleMLP / SimpleCNN; Pervasive-AI-Lab)::
 
-    MLP: flatten -> hidden_layers x [Linear(hidden_units) -> act -> dropout] -> head(s)
-    CNN: conv_layers x [Conv2d(64, then 128 channels, 5x5, stride 1, no padding) -> act -> dropout]
-         -> flatten -> hidden_layers x [Linear(hidden_units) -> act -> dropout] -> head(s)
+    MLP: flatten -> hidden_layers x [Linear(hidden_units) -> act -> norm -> dropout] -> head(s)
+    CNN: conv_layers x [Conv2d(64, then 128 channels, 5x5, stride 1, no padding) -> act -> norm
+         -> dropout] -> flatten -> hidden_layers x [Linear(hidden_units) -> act -> norm -> dropout]
+         -> head(s)
+
+    norm, layer_norm False (default): identity
+    norm, layer_norm True:  LayerNorm without affine parameters over the units (fc) or over the
+                            channels at every location (conv), as the networks of Daruwalla &
+                            Lipasti (2024) that the IB-Hebbian rule was published with. After a
+                            k-WTA it makes the next layer's input dense; activity statistics are
+                            recorded before it.
 
 ``conv_layers = 2`` is the SimpleCNN of the original's final release (8ee2b3c, iCIFAR);
 ``conv_layers = 1`` the one-convolution SimpleCNN its permuted-MNIST CNN results came from
@@ -57,7 +65,7 @@ import torch.nn as nn
 from torch.nn.utils import skip_init
 
 from models.activity import ActivityRecorder
-from models.blocks import ExcitatoryKWinners, HiddenBlock
+from models.blocks import ChannelLayerNorm, ExcitatoryKWinners, HiddenBlock
 from models.spec import NetSpec
 from sparse_nte.dale import assign_signs, dale_init_
 from sparse_nte.layers import KWinners, KWinners2d, SparseWeights, SparseWeights2d, SparseWeightsBase
@@ -162,7 +170,8 @@ class Net(nn.Module):
                 pre_sign = pre_sign.repeat_interleave(plans[i - 1].positions)   # channel -> C*H*W
             layer = self._make_layer(plan, pre_sign, gen, where=f"hidden layer {i}")
             activation = self._make_activation(plan, unit_signs[i] if unit_signs else None)
-            blocks.append(HiddenBlock(layer, activation, spec.dropout, spec.dropout_draws))
+            blocks.append(HiddenBlock(layer, activation, spec.dropout, spec.dropout_draws,
+                                      self._make_norm(plan)))
         self.blocks = nn.ModuleList(blocks)
 
         last = plans[-1]
@@ -219,6 +228,13 @@ class Net(nn.Module):
                                                     w.numel(), w.device, w.dtype)
         return layer
 
+    def _make_norm(self, plan: _LayerPlan) -> Optional[nn.Module]:
+        if not self.spec.layer_norm:
+            return None
+        if plan.conv:
+            return ChannelLayerNorm(plan.n_out)
+        return nn.LayerNorm(plan.n_out, elementwise_affine=False)
+
     def _make_activation(self, plan: _LayerPlan, sign: Optional[torch.Tensor]) -> nn.Module:
         spec = self.spec
         if not spec.sparsify:
@@ -257,7 +273,7 @@ class Net(nn.Module):
             else:   # observe the activation before dropout
                 h = block.activate(block.layer(h))
                 recorder.record(i, h)
-                h = block.dropout(h)
+                h = block.dropout(block.norm(h))
         return self._route(h, t)
 
     def _check_input(self, x: torch.Tensor) -> None:

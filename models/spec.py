@@ -44,6 +44,10 @@ class NetSpec:
         sparse_init: "torch" (PyTorch's default init, scaled for the full fan-in, as the original
             project) or "fan_in" (sparse layers without Dale's law scaled by
             sqrt(fan_in / live inputs), as nupic.torch's ``normalize_sparse_weights``).
+        layer_norm: LayerNorm without affine parameters after every hidden activation (over the
+            units, or over the channels at every location of a conv map), as the networks the
+            IB-Hebbian rule was published with (Daruwalla & Lipasti 2024). Optional key, False
+            when absent.
     """
 
     cnn: bool
@@ -70,6 +74,7 @@ class NetSpec:
     # by code written before them keep working); see ADDED_KEYS
     dropout_draws: str = SCHEMA["dropout_draws"].default
     conv_layers: int = SCHEMA["conv_layers"].default
+    layer_norm: bool = SCHEMA["layer_norm"].default
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -96,7 +101,7 @@ class NetSpec:
 MODEL_KEYS: tuple[str, ...] = tuple(f.name for f in fields(NetSpec))
 #: Model keys added after the first release: a plain mapping without them (written for an
 #: earlier version) gets their schema default.
-ADDED_KEYS: tuple[str, ...] = ("dropout_draws", "conv_layers")
+ADDED_KEYS: tuple[str, ...] = ("dropout_draws", "conv_layers", "layer_norm")
 
 
 def _check(name: str, value: Any) -> None:

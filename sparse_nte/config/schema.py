@@ -19,6 +19,7 @@ from sparse_nte.config.groups.connectivity import ConnectivityKeys
 from sparse_nte.config.groups.dale import DaleKeys
 from sparse_nte.config.groups.data import DataKeys
 from sparse_nte.config.groups.kwta import KWTAKeys
+from sparse_nte.config.groups.local_rules import LocalRuleKeys
 from sparse_nte.config.groups.model import ModelKeys
 from sparse_nte.config.groups.ntk import NTKKeys
 from sparse_nte.config.groups.nte import NTEKeys
@@ -47,8 +48,8 @@ class _Name:
 # Bases in reverse schema order: a dataclass lists the fields of its bases from the last base
 # of the MRO to the first, so ``name`` comes first and the run keys next.
 @dataclass(frozen=True)
-class Config(NTKKeys, SelectionKeys, StrategyKeys, PlasticityKeys, DaleKeys, NTEKeys, TrainingKeys, RuleKeys,
-             ModelKeys, ConnectivityKeys, KWTAKeys, DataKeys, RunKeys, _Name, Mapping):
+class Config(NTKKeys, SelectionKeys, StrategyKeys, PlasticityKeys, DaleKeys, LocalRuleKeys, NTEKeys,
+             TrainingKeys, RuleKeys, ModelKeys, ConnectivityKeys, KWTAKeys, DataKeys, RunKeys, _Name, Mapping):
     """A resolved, validated experiment configuration (immutable).
 
     Read values as attributes (``cfg.lr``); builders do only that. The mapping interface

@@ -1,8 +1,8 @@
 """How a rule's updates are applied: the choices of config key ``optimizer``.
 
 - ``sgd``: ``torch.optim.SGD`` (lr, momentum, nesterov, weight_decay);
-- ``adam``: ``torch.optim.Adam`` (Kingma & Ba 2015; lr, weight_decay as L2);
-- ``adamw``: ``torch.optim.AdamW`` (Loshchilov & Hutter 2019; lr, decoupled weight_decay);
+- ``adam``: ``torch.optim.Adam`` (Kingma & Ba 2015; lr, weight_decay as L2, betas (0.9, adam_beta2));
+- ``adamw``: ``torch.optim.AdamW`` (Loshchilov & Hutter 2019; lr, decoupled weight_decay, betas).
 - ``nte``: the Neural Tangent Ensemble posterior update (:class:`sparse_nte.nte.NTE`), which
   takes the per-example losses instead of a gradient.
 
@@ -65,12 +65,12 @@ def _sgd(config: "Config", model: nn.Module) -> torch.optim.Optimizer:
 
 def _adam(config: "Config", model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
-                            **({"fused": True} if config.fused_optimizer else {}))
+                            betas=(0.9, config.adam_beta2), **({"fused": True} if config.fused_optimizer else {}))
 
 
 def _adamw(config: "Config", model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
-                             **({"fused": True} if config.fused_optimizer else {}))
+                             betas=(0.9, config.adam_beta2), **({"fused": True} if config.fused_optimizer else {}))
 
 
 def _nte(config: "Config", model: nn.Module) -> torch.optim.Optimizer:

@@ -34,6 +34,12 @@ class ModelKeys:
             "cheaper for sparse activity, but another use of the random stream, so results differ "
             "from `all` for the same seed).")
 
+    layer_norm: bool = key(
+        False,
+        doc="LayerNorm without affine parameters after every hidden activation (over the units, or "
+            "over the channels at each location), as the networks the IB-Hebbian rule was published "
+            "with (Daruwalla & Lipasti 2024). Activity statistics are recorded before it."
+            )
 
 def no_effect(v: dict[str, Any]) -> dict[str, str]:
     out = {}

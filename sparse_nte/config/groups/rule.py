@@ -13,7 +13,10 @@ class RuleKeys:
     learning_rule: str = key(
         "backprop", choices=tuple(RULES),
         doc="How weight updates are computed: backprop (the gradient of the loss through the whole "
-            "network, applied by `optimizer`; with optimizer = nte, the NTE posterior update).")
+            "network, applied by `optimizer`; with optimizer = nte, the NTE posterior update), hsic "
+            "(the HSIC bottleneck, layer by layer, with a format step for the output; Ma et al. 2020) "
+            "or ib_hebbian (the information-bottleneck Hebbian rule with a working memory; Daruwalla "
+            "& Lipasti 2024). The local rules never pass an error across layers.")
 
 
 #: The group's keys (read by sparse_nte.config.schema).

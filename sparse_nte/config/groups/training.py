@@ -48,6 +48,9 @@ class TrainingKeys:
     train_ep_inc: int = key(
         1, interval="[0, inf)",
         doc="Epochs on every later task (> 0 when num_batch > 1).")
+    adam_beta2: float = key(
+        0.999, interval="(0, 1)",
+        doc="beta2 of adam / adamw (torch's default 0.999; Daruwalla & Lipasti's runs: 0.99).")
     train_order: str = key(
         "shuffle", choices=TRAIN_ORDERS,
         doc="Order of each epoch: shuffle (a new random order per (seed, task, epoch), last batch "
@@ -76,6 +79,8 @@ def no_effect(v: dict[str, Any]) -> dict[str, str]:
     if v["optimizer"] in ("adam", "adamw"):
         out.update(dict.fromkeys(("momentum", "nesterov"),
                                  f"optimizer = {v['optimizer']} has no SGD momentum"))
+    else:
+        out["adam_beta2"] = f"optimizer = {v['optimizer']}, not adam or adamw"
     if v["optimizer"] == "nte":
         out["fused_optimizer"] = "the NTE rule has no fused update (optimizer = nte)"
     return out
