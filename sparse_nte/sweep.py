@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -59,6 +60,8 @@ __all__ = ["TrialOptions", "TrialSpec", "Outcome", "run_inline", "run_local", "r
 #: node address, and then every Ray server of the instance listens on the loopback interface only
 #: (what Ray does by default on macOS and Windows).
 _RAY_LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -264,8 +267,8 @@ def _failed(spec: TrialSpec, message: str, seconds: float = 0.0) -> Outcome:
 def run_attempt(spec: TrialSpec, options: TrialOptions, *, echo: bool = False,
                 redirect: bool = False) -> Outcome:
     """One attempt at a trial, as every backend makes it: take the trial's lock, append to its
-    log (echoing messages to stdout when ``echo``; sending file descriptors 1 and 2 to the log
-    when ``redirect``), write ``variant.json`` for a variant folder, run the trial.
+    log (echoing messages to the ``sparse_nte.sweep`` logger at INFO when ``echo``; sending file
+    descriptors 1 and 2 to the log when ``redirect``), write ``variant.json`` for a variant folder, run the trial.
 
     Every failure becomes a failed Outcome with the whole message: another process holding the
     lock (nothing of the trial is touched), a results folder that cannot be written, the trial's
@@ -306,7 +309,7 @@ def _logged(spec: TrialSpec, options: TrialOptions, log: TrialLog, echo: bool) -
 
     def say(msg: str) -> None:
         if echo:
-            print(msg, flush=True)
+            _log.info(msg)
         log.write(msg + "\n")
 
     t0 = time.perf_counter()
@@ -547,8 +550,8 @@ def run_ray(trials: Sequence[dict], options: TrialOptions, address: str = "local
     if retries < 0:
         raise UsageError(f"--retries {retries}: must be >= 0")
     if gpus_per_trial > 0 and options.device == "cpu":
-        print("run_exps.py: warning: --gpus-per-trial reserves GPUs but --device is cpu; "
-              "pass --device cuda to train on them", file=sys.stderr)
+        _log.warning("--gpus-per-trial reserves GPUs but --device is cpu; pass --device cuda to "
+                     "train on them")
     ray = _import_ray(address)
 
     trials = _unique(trials)
