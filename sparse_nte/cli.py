@@ -389,10 +389,10 @@ def _main(args) -> int:
         path = _config_path(args)
         for name, desc in list_experiments(path):
             print(f"{name:24s} {desc}")
-        studies = list_studies(path)
-        if studies:
+        shipped = list_studies(path)
+        if shipped:
             print("studies (run_exps.py --study NAME):")
-            for name, question, exps in studies:
+            for name, question, exps in shipped:
                 print(f"{name:24s} {question}{' ' if question else ''}[{', '.join(exps)}]")
         return 0
     if args.summary and not args.study:

@@ -249,7 +249,7 @@ def _progress_bar(total: int, initial: int, enabled: bool):
 # ---------------------------------------------------------------------------------------------
 # In this process
 # ---------------------------------------------------------------------------------------------
-def run_inline(trials: Sequence[dict], options: TrialOptions) -> List[Outcome]:
+def run_inline(trials: Sequence[Any], options: TrialOptions) -> List[Outcome]:
     """Run the trials one after the other in this process; messages go to the terminal and to
     each trial's log."""
     trials = _unique(trials)
@@ -441,7 +441,7 @@ def _reap(proc: Optional[subprocess.Popen], timeout: float = 30) -> None:
         proc.wait()
 
 
-def run_local(trials: Sequence[dict], options: TrialOptions, workers: int) -> List[Outcome]:
+def run_local(trials: Sequence[Any], options: TrialOptions, workers: int) -> List[Outcome]:
     """Run the trials in ``workers`` parallel worker processes.
 
     Ctrl-C (KeyboardInterrupt) or SIGTERM (:class:`~sparse_nte.errors.Terminated`) in this
@@ -530,7 +530,7 @@ def _import_ray(address: str):
     return ray
 
 
-def run_ray(trials: Sequence[dict], options: TrialOptions, address: str = "local",
+def run_ray(trials: Sequence[Any], options: TrialOptions, address: str = "local",
             cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0, retries: int = 3,
             init_kwargs: Optional[Dict[str, Any]] = None) -> List[Outcome]:
     """Run the trials as Ray tasks.
