@@ -134,9 +134,11 @@ def run_experiment(name_or_config: Union[str, Config, Mapping[str, Any]], *,
         results_dir: where ``<folder>/seed<k>.pkl`` (and checkpoints, logs) are written.
         config_file: the experiment file; default ``./exps/exps_params.cfg`` or the installed one
             (:func:`default_config_file`). Ignored when a config is given.
-        device, threads: torch device and threads per trial (default: torch's).
+        device: torch device of the trials (``"cpu"``, ``"cuda:0"``, ...).
         workers: parallel local processes (1: in this process).
-        overwrite, resume: rerun finished trials; continue interrupted ones from their checkpoints.
+        threads: torch threads per trial (default: torch's; with workers, cores / workers).
+        overwrite: run again trials whose results exist (default: return them as they are).
+        resume: continue interrupted trials from their checkpoints (default).
         progress: draw progress bars on stderr.
 
     Returns:
