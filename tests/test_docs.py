@@ -127,7 +127,8 @@ def workspace(tmp_path_factory):
     return tmp_path_factory.mktemp("work"), data
 
 
-@pytest.mark.parametrize("cmd", [c for c in ALL if _is_cli(c.argv)], ids=str)
+@pytest.mark.parametrize("cmd", [c for c in ALL if _is_cli(c.argv) and not _is_short(_cli_args(c.argv))],
+                         ids=str)
 def test_cli_command_runs_as_written(cmd, workspace, monkeypatch, capsys):
     work, data = workspace
     args = _cli_args(cmd.argv)
@@ -143,8 +144,6 @@ def test_cli_command_runs_as_written(cmd, workspace, monkeypatch, capsys):
         pytest.fail(f"{cmd}: the command line rejects it: {capsys.readouterr().err}")
     if parsed.summary is not None or parsed.report:
         return  # reads results that the docs' other commands produce: parsed only
-    if _is_short(args):
-        pytest.skip("run by test_short_runs_as_written")
     monkeypatch.chdir(work)
     monkeypatch.setenv("SPARSE_NTE_DATA", str(data))
     run = args if (parsed.dry_run or parsed.list) else args + ["--dry-run"]
