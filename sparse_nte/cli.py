@@ -1,6 +1,6 @@
 """``sparse-nte`` / ``python run_exps.py``: run named experiments of ``exps/exps_params.cfg``.
 
-Exit status (the README's "Exit status and trial status"):
+Exit status (docs/exit-status.md):
 
 - 0: every trial asked for is done (ran now) or skipped (its result already existed);
   ``--summary``/``--list``/``--dry-run`` succeeded.

@@ -11,7 +11,6 @@ files must exist, the tools must be in the ``dev`` extra, and the remaining shel
 """
 from __future__ import annotations
 
-import os
 import re
 import shlex
 from dataclasses import dataclass
