@@ -262,3 +262,21 @@ def test_no_command_left_without_a_check():
             body = m.group(1)
             assert not re.search(r"^(python\S* run_exps\.py|sparse-nte) ", body, re.M), \
                 f"{path.name}: a block of commands without ```bash"
+
+
+def test_api_reference_docstrings_become_markdown():
+    """tools/griffe_rst.py (the API reference's docstring conversion)."""
+    pytest.importorskip("griffe", reason="the dev extra (mkdocstrings) is not installed")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("griffe_rst", ROOT / "tools" / "griffe_rst.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    md = mod.markdown_docstring
+    assert md("See :func:`~sparse_nte.api.run_experiment` and :mod:`sparse_nte.nte`.") == \
+        "See `run_experiment` and `sparse_nte.nte`."
+    assert md("The penalty::\n\n    R = x") == "The penalty:\n\n    R = x"
+    table = "Rows:\n\n====  ==========\nname  module\n====  ==========\newc   :mod:`.ewc`\n====  ==========\n\nEnd."
+    assert md(table).split("\n") == ["Rows:", "", "", "```text", "====  ==========", "name  module",
+                                     "====  ==========", "ewc   .ewc", "====  ==========", "```", "",
+                                     "", "End."]
