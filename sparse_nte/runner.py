@@ -28,6 +28,7 @@ or saved in the checkpoint (torch's global RNG for dropout, the components' own 
 from __future__ import annotations
 
 import io
+import logging
 import math
 import time
 from pathlib import Path
@@ -59,6 +60,8 @@ _CHECKPOINT_KEYS = ("config", "model", "learner", "acc", "stats", "elapsed_s", "
 #: Statuses of a trial: ``done`` (ran now), ``skipped`` (its result existed), ``diverged``
 #: (training stopped being finite; saved as such), ``failed`` (an error; nothing saved).
 STATUSES = ("done", "skipped", "diverged", "failed")
+
+_log = logging.getLogger(__name__)
 
 
 class TrialResult(dict):
@@ -238,7 +241,7 @@ def _nan_metrics(num_tasks: int) -> dict:
 
 def run_trial(config: Any, results_dir: PathLike = "results", *, folder: Optional[str] = None,
               device: str = "cpu", overwrite: bool = False, resume: bool = True, progress: bool = True,
-              log: Callable[[str], None] = print,
+              log: Optional[Callable[[str], None]] = None,
               after_task_hook: Optional[Callable[[int], None]] = None) -> TrialResult:
     """Run (or resume, or skip) one trial and return its result.
 
@@ -248,7 +251,8 @@ def run_trial(config: Any, results_dir: PathLike = "results", *, folder: Optiona
     CLI gives variants their own, :func:`sparse_nte.identity.folder_name`). With ``resume`` a
     checkpoint left by an interrupted run of the same configuration is continued; ``overwrite``
     discards both the result and the checkpoint. ``after_task_hook(i)`` runs after task i's
-    checkpoint is written (tests use it to simulate a crash).
+    checkpoint is written (tests use it to simulate a crash). ``log`` receives the progress
+    lines (default: the ``sparse_nte.runner`` logger, at INFO).
     """
     from benchmarks import build_scenario
     from models import build_model
@@ -256,6 +260,7 @@ def run_trial(config: Any, results_dir: PathLike = "results", *, folder: Optiona
     from tqdm.auto import tqdm
 
     config = as_config(config)
+    log = log or _log.info
     exp, seed = config.name, config.seed
     folder = folder or exp
     out = result_path(results_dir, folder, seed)

@@ -139,8 +139,10 @@ def _scalar_metrics(result: dict) -> Dict[str, float]:
     return {k: float(v) for k, v in result.get("metrics", {}).items() if isinstance(v, (int, float))}
 
 
-def execute_trial(spec: TrialSpec, options: TrialOptions, log: Callable[[str], None] = print) -> Outcome:
-    """Run one trial here and now (used by every backend); exceptions propagate."""
+def execute_trial(spec: TrialSpec, options: TrialOptions,
+                  log: Optional[Callable[[str], None]] = None) -> Outcome:
+    """Run one trial here and now (used by every backend); exceptions propagate. ``log``
+    receives the progress lines (default: the ``sparse_nte.runner`` logger)."""
     import torch
 
     from sparse_nte.runner import run_trial
