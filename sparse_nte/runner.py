@@ -335,10 +335,11 @@ def run_trial(config: Any, results_dir: PathLike = "results", *, folder: Optiona
         for j, a in row.accuracy.items():
             acc[i, j] = a
         t_eval = time.perf_counter() - t0 - t_train
+        net = model.net if isinstance(model, LinearizedNetwork) else model
         task_stats = {"task": i, "train_s": t_train, "eval_s": t_eval,
-                      "eval_examples": dict(row.examples), **train_info, **learner.stats()}
+                      "eval_examples": dict(row.examples), **train_info, **learner.stats(),
+                      "connectivity": model_stats.connectivity(net)}
         if config.record_stats:
-            net = model.net if isinstance(model, LinearizedNetwork) else model
             activity = None if linearized else [row.activity[j] for j in range(i + 1)]
             task_stats.update(model_stats.model_stats(net, activity=activity))
         stats["per_task"].append(task_stats)

@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from sparse_nte.layers import SparseWeightsBase
 from sparse_nte.plasticity.erk import apply_erk
+from sparse_nte.plasticity.masks import nonzero_density
 
 __all__ = ["PlasticitySchedule", "StaticConnectivity", "plastic_layers", "check_interval",
            "check_fraction", "LayerList", "StepsPerTask"]
@@ -102,9 +103,11 @@ class PlasticitySchedule:
         self.task = task_index
         self._task_origin = None
         if task_index == 0 and self.erk:
+            layers = dict(self.layers)
             for event in apply_erk(self.layers, self.optimizer, self.generator):
                 self.history.append({"schedule": "erk", "task": 0, "step": self._next_step,
-                                     **event})
+                                     **event,
+                                     "nonzero_density": nonzero_density(layers[event["layer"]])})
         self._task_start()
 
     def after_backward(self, step: int) -> None:
@@ -148,9 +151,11 @@ class PlasticitySchedule:
             self._task_origin = step
 
     def _record(self, step: int, name: str, pruned: int, grown: int, density: float) -> None:
+        layer = dict(self.layers)[name]
         self.history.append({"schedule": self.kind, "task": int(self.task), "step": int(step),
                              "layer": name, "pruned": int(pruned), "grown": int(grown),
-                             "density": float(density)})
+                             "density": float(density),
+                             "nonzero_density": nonzero_density(layer)})
 
     def _interval_event(self, step: int, interval: int, end_fraction: float) -> bool:
         done = self.task_step(step) + 1
