@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, List, Mapping, Optional, Sequence
 
 __all__ = ["mean_sd", "adaptation_table", "within_task_table", "kernel_table", "ntk_markdown"]
 
