@@ -91,6 +91,8 @@ class Learner:
         if self.selection is not None:
             self.selection.observe(batch, losses)
         self.step += 1
+        for p in self.probes.values():
+            p.after_step(self.step)
         return float(losses.mean())
 
     def on_task_end(self, ctx: TaskContext) -> None:

@@ -20,6 +20,7 @@ One trial, with the events each seam sees (``ctx`` is the :class:`TaskContext` o
               schedule.after_step(step)                          mask updates
               strategy.after_step(batch, losses)                 SI path integral, replay buffer
               selection.observe(batch, losses)                   scores from the training loss
+              probe.after_step(step)                             measures within a task (rare)
       learner.on_task_end(ctx)              strategies consolidate (EWC Fisher, LwF snapshot),
                                             probes measure (kernel drift, ...)
       evaluate, record ``learner.stats()`` (one dict per component), checkpoint
@@ -208,7 +209,13 @@ class Selection(Component):
 
 class Probe(Component):
     """A per-task diagnostic: measures the model (usually in ``on_task_end``) and reports it in
-    :meth:`stats` under its registry name."""
+    :meth:`stats` under its registry name. A probe only observes: it must leave the model's
+    parameters, buffers and mode, and the global random state, as it found them, so that a
+    trial's accuracies are the same with or without it."""
+
+    def after_step(self, step: int) -> None:
+        """After every optimizer step (``step``: steps taken so far in the whole run), for the
+        probes that measure within a task; a no-op by default."""
 
 
 class Objective:

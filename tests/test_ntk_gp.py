@@ -87,7 +87,7 @@ def _closed_form(model, x, t, y, xs, ts, noise):
     return mean.view(-1, c), var.view(-1, c)
 
 
-@pytest.mark.parametrize("method", ["parameter", "function"])
+@pytest.mark.parametrize("method", ["parameter", "kernel", "function"])
 @pytest.mark.parametrize("noise", [0.05, 2.0])
 def test_posterior_mean_and_variance_equal_the_dense_solve(problem, method, noise):
     model, x, t, y, xs, ts = problem
@@ -123,10 +123,14 @@ def test_auto_method_and_the_model_is_not_changed(problem):
     model, x, t, y, xs, ts = problem
     before = [p.detach().clone() for p in model.parameters()]
     small = NTKGaussianProcess(model, x, y, t_train=t, noise=0.1, max_parameters=10 ** 6)
-    large = NTKGaussianProcess(model, x, y, t_train=t, noise=0.1, max_parameters=10)
-    assert (small.method, large.method) == ("parameter", "function")
-    assert_close(large.predict(xs, ts, variance=False)[0],
-                 small.predict(xs, ts, variance=False)[0], rtol=1e-6)
+    formed = NTKGaussianProcess(model, x, y, t_train=t, noise=0.1, max_parameters=10,
+                                max_kernel=27)                        # N C = 9 x 3 = 27
+    large = NTKGaussianProcess(model, x, y, t_train=t, noise=0.1, max_parameters=10,
+                               max_kernel=26)
+    assert (small.method, formed.method, large.method) == ("parameter", "kernel", "function")
+    for gp in (formed, large):
+        assert_close(gp.predict(xs, ts, variance=False)[0],
+                     small.predict(xs, ts, variance=False)[0], rtol=1e-6)
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
     # the posterior is fixed at construction: later changes of the network do not move it
     mean = small.predict(xs, ts, variance=False)[0]
@@ -173,7 +177,7 @@ def test_fast_adaptation_on_a_synthetic_split_scenario(tmp_path):
             opt.step()
     before = [p.detach().clone() for p in model.parameters()]
     out = fast_adaptation(model, sc, new_task=2, examples_per_class=(2, 8), noise=0.1,
-                          finetune_steps=30, gp_options={"cg_max_iter": 500})
+                          finetune_steps=30, gp_options={"method": "function", "cg_max_iter": 500})
     assert out["new_task"] == 2 and out["old_tasks"] == [0, 1]
     assert [r["k"] for r in out["results"]] == [2, 8]
     assert [r["n_train"] for r in out["results"]] == [4, 16]        # 2 classes per task
@@ -186,6 +190,11 @@ def test_fast_adaptation_on_a_synthetic_split_scenario(tmp_path):
     assert out["results"][1]["gp"]["new"] > 0.8 and out["results"][1]["finetune"]["new"] > 0.8
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
     again = fast_adaptation(model, sc, new_task=2, examples_per_class=(2, 8), noise=0.1,
-                            finetune_steps=30, gp_options={"cg_max_iter": 500})
+                            finetune_steps=30, gp_options={"method": "function", "cg_max_iter": 500})
     assert again == out                                               # seeded: reproducible
+    formed = fast_adaptation(model, sc, new_task=2, examples_per_class=(2, 8), noise=0.1,
+                             finetune_steps=30)                       # auto: the kernel is formed
+    for r, f in zip(out["results"], formed["results"]):
+        assert f["gp"]["method"] == "kernel" and f["finetune"] == r["finetune"]
+        assert f["gp"]["new"] == r["gp"]["new"]     # the same posterior (CG converged to 1e-5)
     assert np.isfinite(out["before"]["new"])

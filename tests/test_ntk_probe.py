@@ -37,23 +37,30 @@ def _ctx(scenario, model, task):
                        device="cpu", seed=0, steps=7, epochs=1, batch_size=32)
 
 
-def _train(scenario, probe=None, tasks=3, stop_after=None):
-    """SGD on each task in turn (dropout and k-WTA duty cycles on), with the probe's events."""
+def _train(scenario, probe=None, tasks=3, stop_after=None, on_step=None):
+    """SGD on each task in turn (dropout and k-WTA duty cycles on), with the probe's events;
+    ``on_step(task, steps_into_task, model)`` after every step."""
     torch.manual_seed(0)
     model = build_model(MODEL, scenario)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     constrain_optimizer(opt, model)
     stats = []
+    step = 0
     for task in range(tasks):
         ctx = _ctx(scenario, model, task)
         if probe is not None:
             probe.on_task_start(ctx)
         model.train()
         g = torch.Generator().manual_seed(task)
-        for x, y, t in scenario.batches(task, "train", batch_size=32, generator=g):
+        for i, (x, y, t) in enumerate(scenario.batches(task, "train", batch_size=32, generator=g)):
             opt.zero_grad()
             F.cross_entropy(model(x, t), y).backward()
             opt.step()
+            step += 1
+            if probe is not None:
+                probe.after_step(step)
+            if on_step is not None:
+                on_step(task, i + 1, model)
         if probe is not None:
             probe.on_task_end(ctx)
             stats.append(probe.stats())
@@ -137,11 +144,11 @@ def test_disabled_probe_does_nothing(scenario):
 
 def test_spec_from_config_and_its_errors():
     cfg = SimpleNamespace(record_ntk=True, ntk_probe_size=32, ntk_align_batch=24,
-                          ntk_probe_split="test", seed=3)
+                          ntk_probe_split="test", seed=3, ntk_probe_every=5)
     spec = NTKProbeSpec.from_config(cfg)
-    assert spec == NTKProbeSpec(True, 32, 24, "test", 3)
+    assert spec == NTKProbeSpec(True, 32, 24, "test", 3, 5)
     assert NTK_PROBE_KEYS == ("record_ntk", "ntk_probe_size", "ntk_align_batch",
-                              "ntk_probe_split", "seed")
+                              "ntk_probe_split", "seed", "ntk_probe_every")
     assert isinstance(build_ntk_probe(cfg, env=None), NTKProbe) and ntk_probe_enabled(cfg)
     assert not ntk_probe_enabled(SimpleNamespace(**{**vars(cfg), "record_ntk": False}))
     with pytest.raises(ValueError, match="lacks the key"):
@@ -151,11 +158,56 @@ def test_spec_from_config_and_its_errors():
     # types and ranges: the config schema, which names the key and where it was written
     from sparse_nte.config import ConfigError, config_from_dict
     for bad in ({"ntk_probe_split": "valid"}, {"ntk_probe_size": 1, "ntk_align_batch": 1},
-                {"record_ntk": "maybe"}):
+                {"record_ntk": "maybe"}, {"ntk_probe_every": -1}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             config_from_dict(bad)
     with pytest.raises(ConfigError, match="ntk_align_batch.*conflict"):
         config_from_dict({"record_ntk": True, "ntk_probe_size": 8, "ntk_align_batch": 16})
+
+
+def test_within_task_measures_equal_direct_computations_at_those_steps(scenario):
+    """ntk_probe_every = 3: task t measured at its start and after its steps 3, 6 (7 steps of
+    32 on 200 examples); each value equals the alignment and drift computed from a copy of the
+    network taken at that step."""
+    torch.manual_seed(0)
+    model0 = build_model(MODEL, scenario).eval()
+    copies = {}
+
+    def keep(task, steps, model):
+        if steps % 3 == 0:
+            copies[(task, steps)] = copy.deepcopy(model).eval()
+
+    probe = NTKProbe(_spec(ntk_probe_every=3))
+    _, stats = _train(scenario, probe, tasks=2, on_step=keep)
+    for task, s in enumerate(stats):
+        within = s["within_task"]
+        assert within["step"] == [0, 3, 6]
+        if task == 0:                                      # theta = theta_0 at its start
+            assert within["grad_alignment"][0] == pytest.approx(1.0, abs=1e-6)
+            assert within["kernel_drift"][0] == pytest.approx(0.0, abs=1e-6)
+        rows = probe_rows(0, task, scenario.tasks[task].num_train, 16)
+        x, y, t = next(iter(scenario.batches(task, "train", batch_size=16, shuffle=False,
+                                             rows=rows)))
+        k_init = empirical_ntk(model0, x, t1=t, mode="trace")
+        for i, steps in enumerate(within["step"][1:], start=1):
+            net = copies[(task, steps)]
+            expected = gradient_alignment(net, x[:8], y[:8], t=t[:8], reference=snapshot(model0))
+            assert within["grad_alignment"][i] == pytest.approx(expected.value, rel=1e-5)
+            drift = kernel_drift(empirical_ntk(net, x, t1=t, mode="trace"), k_init)
+            assert within["kernel_drift"][i] == pytest.approx(drift, rel=1e-5)
+    # task 1 starts where task 0 ended: its alignment at step 0 is below 1
+    assert stats[1]["within_task"]["grad_alignment"][0] < 1.0
+    # without the option there is no curve
+    _, plain = _train(scenario, NTKProbe(_spec()), tasks=1)
+    assert "within_task" not in plain[0]
+
+
+def test_within_task_measures_do_not_change_training(scenario):
+    plain, _ = _train(scenario, None)
+    probed, _ = _train(scenario, NTKProbe(_spec(ntk_probe_every=1)))
+    a, b = plain.state_dict(), probed.state_dict()
+    for n in a:
+        assert (torch.equal(a[n], b[n]) if isinstance(a[n], torch.Tensor) else a[n] == b[n]), n
 
 
 def test_probe_rows_are_seeded_per_task_and_sorted():

@@ -15,6 +15,7 @@ from typing import Any, get_type_hints
 
 from sparse_nte.config.fields import KeySpec
 from sparse_nte.config.groups import GROUPS
+from sparse_nte.config.groups.adaptation import AdaptationKeys
 from sparse_nte.config.groups.connectivity import ConnectivityKeys
 from sparse_nte.config.groups.dale import DaleKeys
 from sparse_nte.config.groups.data import DataKeys
@@ -48,8 +49,9 @@ class _Name:
 # Bases in reverse schema order: a dataclass lists the fields of its bases from the last base
 # of the MRO to the first, so ``name`` comes first and the run keys next.
 @dataclass(frozen=True)
-class Config(NTKKeys, SelectionKeys, StrategyKeys, PlasticityKeys, DaleKeys, LocalRuleKeys, NTEKeys,
-             TrainingKeys, RuleKeys, ModelKeys, ConnectivityKeys, KWTAKeys, DataKeys, RunKeys, _Name, Mapping):
+class Config(AdaptationKeys, NTKKeys, SelectionKeys, StrategyKeys, PlasticityKeys, DaleKeys,
+             LocalRuleKeys, NTEKeys, TrainingKeys, RuleKeys, ModelKeys, ConnectivityKeys, KWTAKeys,
+             DataKeys, RunKeys, _Name, Mapping):
     """A resolved, validated experiment configuration (immutable).
 
     Read values as attributes (``cfg.lr``); builders do only that. The mapping interface

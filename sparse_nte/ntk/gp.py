@@ -19,7 +19,15 @@ Solvers:
 * parameter space (``method="parameter"``, or ``"auto"`` when the number of live parameters P
   is at most ``max_parameters``): A = J^T J + sigma^2 I (P x P) is accumulated from the Jacobian
   rows of chunks of examples and factorised by Cholesky; exact up to rounding.
-* function space (``"function"``, ``"auto"`` above that): the N C x N C system is solved by
+* kernel (``"kernel"``, or ``"auto"`` above ``max_parameters`` when N C is at most
+  ``max_kernel``): the N C x N C kernel Theta(X, X) is formed (structured contractions for the
+  linear layers, :mod:`sparse_nte.ntk.contract`; no Jacobian is stored), Theta + sigma^2 I is
+  factorised by Cholesky in float64, alpha = (Theta + sigma^2 I)^{-1} R, and the posterior mean
+  weights are w = J^T alpha (one reverse pass). Exact up to rounding; memory 8 (N C)^2 bytes.
+  For a few thousand rows it is much cheaper than CG: split Fashion-MNIST, 2000 examples of a
+  2-class head, 784-100 MLP: 3 s for the kernel against 80 s for 1000 CG iterations that had
+  not reached a relative residual of 1e-5.
+* function space (``"function"``, ``"auto"`` above both): the N C x N C system is solved by
   conjugate gradients (:mod:`sparse_nte.ntk.cg`) whose products are NTK-vector products
   (one reverse and one forward-mode pass over the training set; the kernel is never formed),
   preconditioned by the diagonal of Theta + sigma^2 I. Stops at relative residual ``cg_tol``
@@ -27,7 +35,8 @@ Solvers:
   ``RuntimeWarning`` reports the true residual (finite_ntk's solver stopped silently).
   Variances need one more CG solve per test output (N* C columns, batched with
   ``torch.func.vmap`` into one kernel-matrix product per iteration) and the cross kernel
-  Theta(x*, X): ask for them only on small test sets.
+  Theta(x*, X): ask for them only on small test sets (the kernel method solves them with its
+  Cholesky factor).
 
 The posterior is fixed at construction: the network's parameters, buffers and masks are copied
 (:func:`~sparse_nte.ntk.params.snapshot`), so later training does not change the GP. Evaluated in
@@ -42,6 +51,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from sparse_nte.ntk.cg import CGResult, conjugate_gradients
+from sparse_nte.ntk.diagnostics import as_matrix
 from sparse_nte.ntk.features import DEFAULT_BUDGET
 from sparse_nte.ntk.kernels import empirical_ntk, jacobian
 from sparse_nte.ntk.params import (NetworkFunction, ParameterPoint, check_inputs, chunks,
@@ -50,7 +60,7 @@ from sparse_nte.ntk.products import jvp_at, ntk_matrix_product_at, vjp_sum
 
 __all__ = ["NTKGaussianProcess", "METHODS"]
 
-METHODS = ("auto", "parameter", "function")
+METHODS = ("auto", "parameter", "kernel", "function")
 
 
 class NTKGaussianProcess:
@@ -62,19 +72,23 @@ class NTKGaussianProcess:
             float (N, C) target matrix.
         noise: observation noise variance sigma^2 (> 0).
         t_train: task ids (N,) for multi-head models, or None.
-        method: ``"auto"``, ``"parameter"`` or ``"function"``.
+        method: ``"auto"``, ``"parameter"``, ``"kernel"`` or ``"function"``.
         max_parameters: ``"auto"`` solves in parameter space up to this many live parameters.
+        max_kernel: above ``max_parameters``, ``"auto"`` forms the kernel while N C is at most
+            this (default 4096: 128 MiB in float64), else solves by CG.
         cg_tol, cg_max_iter: conjugate-gradient stopping rule (function space).
         chunk: examples per pass of the products (default all).
 
     Attributes after construction: ``method`` (the one used), ``weights`` (name -> posterior
     mean of theta - theta_0), ``cg`` (:class:`CGResult` of the mean solve, function space),
-    ``residual_targets`` R (N, C).
+    ``residual_targets`` R (N, C), ``alpha`` ((Theta + sigma^2 I)^{-1} R as (N, C); kernel and
+    function space).
     """
 
     def __init__(self, model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, *,
                  noise: float, t_train: Optional[torch.Tensor] = None, method: str = "auto",
-                 max_parameters: int = 4096, cg_tol: float = 1e-5, cg_max_iter: int = 1000,
+                 max_parameters: int = 4096, max_kernel: int = 4096, cg_tol: float = 1e-5,
+                 cg_max_iter: int = 1000,
                  chunk: Optional[int] = None, budget: int = DEFAULT_BUDGET) -> None:
         check_inputs(x_train, t_train, "NTKGaussianProcess (x_train, t_train)")
         if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not noise > 0:
@@ -97,11 +111,15 @@ class NTKGaussianProcess:
         y = self._targets(y_train, n, c, f0.dtype)
         self.residual_targets = y - f0
         live = sum(self.fn.num_live(self.point.keep).values())
-        self.method = method if method != "auto" else \
-            ("parameter" if live <= max_parameters else "function")
+        if method == "auto":
+            method = ("parameter" if live <= max_parameters
+                      else "kernel" if n * c <= max_kernel else "function")
+        self.method = method
         self.cg: Optional[CGResult] = None
         if self.method == "parameter":
             self._fit_parameter_space()
+        elif self.method == "kernel":
+            self._fit_kernel()
         else:
             self._fit_function_space()
 
@@ -169,6 +187,25 @@ class NTKGaussianProcess:
             start += count
         return out
 
+    # -- kernel: Theta(X, X) formed and factorised ----------------------------------------------
+    def _fit_kernel(self) -> None:
+        n, c = self.residual_targets.shape
+        k = empirical_ntk(self.model, self.x, t1=self.t, mode="full", point=self.point,
+                          budget=self.budget)
+        a = as_matrix(k).to(torch.float64)                       # rows and columns (example, output)
+        del k
+        a.diagonal().add_(self.noise)
+        chol, info = torch.linalg.cholesky_ex(a)
+        if int(info) != 0:
+            raise ValueError(f"NTKGaussianProcess: Theta + sigma^2 I is not positive definite in "
+                             f"float64 (leading minor {int(info)} of {n * c}) with noise = "
+                             f"{self.noise}; the kernel is not finite or the noise is too small "
+                             f"for its scale: raise noise")
+        self._kchol = chol
+        alpha = torch.cholesky_solve(self.residual_targets.reshape(-1, 1).to(torch.float64), chol)
+        self.alpha = alpha.view(n, c).to(self.residual_targets.dtype)
+        self.weights = vjp_sum(self.fn, self.point, self.alpha, self.x, self.t, self._rows(n))
+
     # -- function space -----------------------------------------------------------------------
     def _kernel_matvec(self, v: torch.Tensor) -> torch.Tensor:
         """(Theta + sigma^2 I) V for V (N C, m), one NTK-vector product per column."""
@@ -219,6 +256,10 @@ class NTKGaussianProcess:
         cross = empirical_ntk(self.model, x, self.x, t1=t, t2=self.t, mode="full",
                               point=self.point, budget=self.budget)                  # (m, N, C, C)
         b = cross.permute(0, 2, 1, 3).reshape(m * c, n * c)                           # rows (a, k)
-        solved = self._solve(b.T.contiguous(), "NTKGaussianProcess: CG solves of the variance")
-        var = prior.reshape(-1) - (b * solved.solution.T).sum(1)
+        if self.method == "kernel":
+            solved = torch.cholesky_solve(b.T.to(torch.float64), self._kchol).to(b.dtype)
+        else:
+            solved = self._solve(b.T.contiguous(),
+                                 "NTKGaussianProcess: CG solves of the variance").solution
+        var = prior.reshape(-1) - (b * solved.T).sum(1)
         return mean, var.view(m, c).clamp_min(0.0)

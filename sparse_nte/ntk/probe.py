@@ -18,6 +18,13 @@ At the end of task t it measures, for every seen task s <= t, with the model in 
 * ``effective_rank[s]`` of K_t(X_s), and ``effective_rank_init[s]`` of K_0(X_s);
 * ``kernel_mean_diag[s]``: mean of diag K_t(X_s) (the kernel's scale).
 
+Within a task (``ntk_probe_every`` = n > 0), the probe also measures the task being trained at
+its start and after every n-th optimizer step of it: ``within_task = {"step": [...],
+"grad_alignment": [...], "kernel_drift": [...]}`` (steps counted from the start of the task; the
+alignment and drift of that task's probe set, as above). This is how the NTE demo watches the
+alignment fall during training (it evaluates every 20 steps); it costs two per-example gradient
+passes over ``ntk_align_batch`` examples and one probe-set kernel per measurement.
+
 K is the trace NTK (summed over the outputs, N x N) over the live parameters, each example
 routed to its own task's head. The probe never changes the model: buffers are copied, the mode
 is restored, no global random generator is used (a trial's accuracies are the same with or
@@ -59,6 +66,8 @@ class NTKProbeSpec:
             at most ntk_probe_size; 24 as in the NTE demo).
         ntk_probe_split: "train" or "test": which split of each task the probe sets come from.
         seed: the trial's seed (key ``seed``).
+        ntk_probe_every: also measure the current task every this many optimizer steps within
+            it (int >= 0; 0 = only at task ends).
     """
 
     record_ntk: bool = False
@@ -66,6 +75,7 @@ class NTKProbeSpec:
     ntk_align_batch: int = 24
     ntk_probe_split: str = "train"
     seed: int = 0
+    ntk_probe_every: int = 0
 
     def __post_init__(self) -> None:
         # types and ranges are the config schema's (sparse_nte.config.groups.ntk); the relation
@@ -119,6 +129,9 @@ class NTKProbe(Probe):
         self._k0: List[torch.Tensor] = []
         self._learned: Dict[int, torch.Tensor] = {}
         self._last: Dict[str, Any] = {}
+        self._ctx: Optional[TaskContext] = None          # the task being trained (within-task)
+        self._task_steps = 0
+        self._within: Dict[str, List[float]] = {}
 
     # -- data -----------------------------------------------------------------------------------
     def _probe_set(self, ctx: TaskContext, task: int) -> tuple:
@@ -136,8 +149,39 @@ class NTKProbe(Probe):
 
     # -- events ---------------------------------------------------------------------------------
     def on_task_start(self, ctx: TaskContext) -> None:
-        if not self.spec.record_ntk or self._rows is not None:
+        if not self.spec.record_ntk:
             return
+        if self._rows is None:
+            self._initialise(ctx)
+        if self.spec.ntk_probe_every > 0:
+            self._ctx, self._task_steps = ctx, 0
+            self._within = {"step": [], "grad_alignment": [], "kernel_drift": []}
+            self._measure_within()
+
+    def after_step(self, step: int) -> None:
+        if self._ctx is None:
+            return
+        self._task_steps += 1
+        if self._task_steps % self.spec.ntk_probe_every == 0:
+            self._measure_within()
+
+    def _measure_within(self) -> None:
+        ctx, model = self._ctx, self._ctx.model
+        was_training = model.training
+        model.eval()
+        try:
+            task, b = ctx.task, self.spec.ntk_align_batch
+            x, y, t = self._probe_set(ctx, task)
+            align = gradient_alignment(model, x[:b], y[:b], t=t[:b], reference=self._theta0,
+                                       budget=self.budget).value
+            drift = kernel_drift(self._kernel(model, ctx, task), self._k0[task])
+        finally:
+            model.train(was_training)
+        self._within["step"].append(self._task_steps)
+        self._within["grad_alignment"].append(align)
+        self._within["kernel_drift"].append(drift)
+
+    def _initialise(self, ctx: TaskContext) -> None:
         if ctx.task != 0:
             raise ValueError(f"NTKProbe: first called at the start of task {ctx.task} without a "
                              f"saved state; it fixes theta_0 and the probe sets at the start of "
@@ -173,6 +217,9 @@ class NTKProbe(Probe):
             self._last = self._measure(model, ctx)
         finally:
             model.train(was_training)
+        if self._ctx is not None:
+            self._last["within_task"] = {k: list(v) for k, v in self._within.items()}
+            self._ctx = None
 
     def _measure(self, model: nn.Module, ctx: TaskContext) -> Dict[str, Any]:
         t_now = ctx.task
@@ -199,7 +246,8 @@ class NTKProbe(Probe):
 
     # -- results and checkpoints -------------------------------------------------------------
     def stats(self) -> Dict[str, Any]:
-        return {k: (list(v) if isinstance(v, list) else v) for k, v in self._last.items()}
+        return {k: (list(v) if isinstance(v, list) else dict(v) if isinstance(v, dict) else v)
+                for k, v in self._last.items()}
 
     def state_dict(self) -> Dict[str, Any]:
         if self._rows is None:

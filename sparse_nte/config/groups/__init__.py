@@ -13,9 +13,10 @@
 """
 from __future__ import annotations
 
-from sparse_nte.config.groups import (connectivity, dale, data, kwta, local_rules, model, ntk, nte,
-                                      plasticity, rule, run, selection, strategy, training)
+from sparse_nte.config.groups import (adaptation, connectivity, dale, data, kwta, local_rules, model,
+                                      ntk, nte, plasticity, rule, run, selection, strategy,
+                                      training)
 
 #: Group modules in schema order.
 GROUPS = (run, data, kwta, connectivity, model, rule, training, nte, local_rules, dale, plasticity,
-          strategy, selection, ntk)
+          strategy, selection, ntk, adaptation)

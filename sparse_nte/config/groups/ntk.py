@@ -34,6 +34,11 @@ class NTKKeys:
     ntk_probe_split: str = key(
         _DEFAULT["ntk_probe_split"], choices=SPLITS,
         doc="Split of each task the probe sets come from.")
+    ntk_probe_every: int = key(
+        _DEFAULT["ntk_probe_every"], interval="[0, inf)",
+        doc="Also measure the task being trained (gradient alignment, kernel drift) at its start "
+            "and every this many optimizer steps within it, stored under ntk within_task; 0 = "
+            "only at task ends.")
     linearize: bool = key(
         False,
         doc="Train the linearized network f(x; theta0) + J(x; theta0)(theta - theta0) (one "
@@ -59,7 +64,8 @@ def check(r: "Resolver") -> None:
 def no_effect(v: dict[str, Any]) -> dict[str, str]:
     out: dict[str, str] = {}
     if not v["record_ntk"]:
-        out.update(dict.fromkeys(("ntk_probe_size", "ntk_align_batch", "ntk_probe_split"),
+        out.update(dict.fromkeys(("ntk_probe_size", "ntk_align_batch", "ntk_probe_split",
+                                  "ntk_probe_every"),
                                  "the NTK probe is off (record_ntk = false)"))
     if v["linearize"]:
         out["sparse_exec"] = "the linearized network computes its layers by a JVP, not the sparse path"
