@@ -79,3 +79,39 @@ def test_short_fashion_study_changes_only_the_documented_scale():
         changed = {k for k in full if full[k] != short[k]}
         assert changed == set(SHORT), name
         assert {k: short[k] for k in SHORT} == SHORT
+
+
+#: The constraints the bio sections add to the protocol (k-WTA, 10% connectivity, Dale's law).
+CONSTRAINTS = dict(sparsify=True, percent_on_fc=0.1, weight_sparsity_fc=0.1, dale=True,
+                   exc_fraction=0.8)
+
+
+@pytest.mark.parametrize("method", ["none", "ewc", "si", "replay"])
+def test_bio_sections_are_the_protocol_plus_the_constraints(method):
+    dense = load_config(SHIPPED, f"pmnist_vdv_{method}").to_dict()
+    bio = load_config(SHIPPED, f"pmnist_vdv_bio_{method}").to_dict()
+    # exc_fraction = 0.8 is also the key's default, so only the other four differ
+    assert {k for k in dense if dense[k] != bio[k]} - {"name", "description"} \
+        == set(CONSTRAINTS) - {"exc_fraction"}
+    assert {k: bio[k] for k in CONSTRAINTS} == CONSTRAINTS
+
+
+def test_nte_ewc_strength_is_the_adam_one_times_the_batch():
+    # NTE weighs the penalty against the batch's summed loss, Adam against its mean
+    adam = load_config(SHIPPED, "pmnist_vdv_bio_ewc")
+    nte = load_config(SHIPPED, "pmnist_vdv_bio_nte_ewc")
+    alone = load_config(SHIPPED, "pmnist_vdv_bio_nte")
+    assert nte.optimizer == alone.optimizer == "nte" and nte.strategy == "ewc"
+    assert nte.ewc_lambda == adam.ewc_lambda * nte.mb_size
+    a, b = alone.to_dict(), nte.to_dict()
+    # the EWC keys left at their defaults (Fisher "true" on every example) are the protocol's
+    assert {k for k in a if a[k] != b[k]} == {"name", "description", "strategy", "ewc_lambda"}
+
+
+def test_bio_study_shares_the_short_scale_and_the_dense_runs():
+    bio = load_study(SHIPPED, "bio_baselines")
+    short = load_study(SHIPPED, "vdv_pfmnist_short")
+    assert dict(bio.overrides) == dict(short.overrides) and bio.seeds == short.seeds
+    for name in ("pmnist_vdv_none", "pmnist_vdv_ewc", "pmnist_vdv_si", "pmnist_vdv_replay"):
+        assert name in bio.experiments        # the dense rows are the short study's runs
+        assert study_config(bio, name).to_dict() == study_config(short, name).to_dict()
