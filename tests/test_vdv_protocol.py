@@ -115,3 +115,12 @@ def test_bio_study_shares_the_short_scale_and_the_dense_runs():
     for name in ("pmnist_vdv_none", "pmnist_vdv_ewc", "pmnist_vdv_si", "pmnist_vdv_replay"):
         assert name in bio.experiments        # the dense rows are the short study's runs
         assert study_config(bio, name).to_dict() == study_config(short, name).to_dict()
+
+
+@pytest.mark.parametrize("name", ["nte", "nte_ewc"])
+def test_dense_nte_sections_are_the_bio_ones_without_the_constraints(name):
+    dense = load_config(SHIPPED, f"pmnist_vdv_{name}").to_dict()
+    bio = load_config(SHIPPED, f"pmnist_vdv_bio_{name}").to_dict()
+    assert {k for k in dense if dense[k] != bio[k]} - {"name", "description"} \
+        == set(CONSTRAINTS) - {"exc_fraction"}
+    assert not dense["sparsify"] and dense["weight_sparsity_fc"] == 1.0 and not dense["dale"]
