@@ -46,3 +46,17 @@ def test_the_vdv_table_pairs_seeds_with_none_and_joint():
     assert rows["EWC"][1] == "3"                            # seeds finished
     assert rows["EWC"][5] == "0.50 ± 0.00"                  # gap: seeds 0 and 1 only
     assert rows["EWC"][6] == "94.31" and rows["none (fine-tuning)"][5] == "—"
+
+
+def test_the_bio_table_compares_each_row_with_its_own_network_and_rule():
+    run = lambda acc: {"avg_acc": acc, "forgetting": 0.1, "learning_acc": 0.8, "elapsed_s": 10.0}
+    res = {"pmnist_vdv_none": {0: run(0.60)}, "pmnist_vdv_ewc": {0: run(0.65)},
+           "pmnist_vdv_nte": {0: run(0.70)}, "pmnist_vdv_nte_ewc": {0: run(0.71)},
+           "pmnist_vdv_bio_none": {0: run(0.50)}, "pmnist_vdv_bio_si": {0: run(0.58)},
+           "pmnist_vdv_bio_nte": {}, "pmnist_vdv_bio_nte_ewc": {}}
+    rows = [line.split(" | ") for line in bt.bio_table(res).splitlines()[2:]]
+    delta = {(r[0].lstrip("| "), r[1], r[2]): r[7] for r in rows}
+    assert delta[("dense", "Adam", "EWC")] == "5.00 (1 seed)"
+    assert delta[("dense", "NTE", "EWC")] == "1.00 (1 seed)"          # against dense NTE, not Adam
+    assert delta[("k-WTA 10%, 10% conn., Dale", "Adam", "SI")] == "8.00 (1 seed)"
+    assert delta[("k-WTA 10%, 10% conn., Dale", "NTE", "EWC")] == "not run"

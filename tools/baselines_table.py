@@ -108,12 +108,12 @@ def bio_table(res: Dict[str, Dict[int, dict]]) -> str:
         bio = "_bio_" in e
         nte = m.startswith("nte")
         strategy = m[4:] if nte and m != "nte" else ("none" if nte else m)
-        base = res["pmnist_vdv_bio_nte" if nte else ("pmnist_vdv_bio_none" if bio else "pmnist_vdv_none")]
+        base = res["pmnist_vdv_" + ("bio_" if bio else "") + ("nte" if nte else "none")]
         seeds = paired(base, runs)
         delta = [100 * (runs[s]["avg_acc"] - base[s]["avg_acc"]) for s in seeds]
         lines.append("| " + " | ".join([
             "k-WTA 10%, 10% conn., Dale" if bio else "dense", "NTE" if nte else "Adam",
-            LABELS.get(strategy, strategy), str(len(runs)),
+            "none" if strategy == "none" else LABELS.get(strategy, strategy), str(len(runs)),
             mean_sd([r["avg_acc"] for r in runs.values()], 100),
             mean_sd([r["forgetting"] for r in runs.values()], 100),
             mean_sd([r["learning_acc"] for r in runs.values()], 100),
