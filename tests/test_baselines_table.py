@@ -37,6 +37,14 @@ def test_a_block_is_replaced_and_nothing_else():
         bt.replace_block(page, "c", "x")
 
 
+def test_an_empty_block_is_filled_without_touching_the_next_one():
+    page = "<!-- table:a -->\n<!-- /table -->\ntext\n<!-- table:b -->\n<!-- /table -->\n"
+    once = bt.replace_block(page, "a", "| A |")
+    assert once == "<!-- table:a -->\n| A |\n<!-- /table -->\ntext\n<!-- table:b -->\n<!-- /table -->\n"
+    twice = bt.replace_block(bt.replace_block(once, "b", "| B |"), "a", "| A2 |")
+    assert twice == "<!-- table:a -->\n| A2 |\n<!-- /table -->\ntext\n<!-- table:b -->\n| B |\n<!-- /table -->\n"
+
+
 def test_the_vdv_table_pairs_seeds_with_none_and_joint():
     run = lambda acc: {"avg_acc": acc, "forgetting": 0.1, "learning_acc": 0.8, "elapsed_s": 10.0}
     res = {"pmnist_vdv_none": {0: run(0.6), 1: run(0.7)},

@@ -127,10 +127,11 @@ TABLES = {"vdv_pfmnist_short": vdv_table, "bio_baselines": bio_table}
 
 def replace_block(text: str, name: str, table: str) -> str:
     """``text`` with the block of study ``name`` replaced by ``table``."""
-    pattern = re.compile(rf"(<!-- table:{re.escape(name)} -->\n).*?(\n<!-- /table -->)", re.S)
+    # the block's own lines only: never across another block's markers (an empty block included)
+    pattern = re.compile(rf"(<!-- table:{re.escape(name)} -->\n)(?:(?!<!-- /?table).)*?(<!-- /table -->)", re.S)
     if not pattern.search(text):
         raise SystemExit(f"{PAGE}: no '<!-- table:{name} -->' ... '<!-- /table -->' block to rewrite")
-    return pattern.sub(lambda m: m.group(1) + table + m.group(2), text)
+    return pattern.sub(lambda m: m.group(1) + table + "\n" + m.group(2), text)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
