@@ -142,8 +142,18 @@ class Learner:
             self._constraint_hook = None
 
 
-def epochs_per_task(config: "Config", num_tasks: int) -> List[int]:
-    """``train_ep`` for the first task, ``train_ep_inc`` for the others."""
+def epochs_per_task(config: "Config", num_tasks: int,
+                    train_rows: Optional[Sequence[int]] = None) -> List[int]:
+    """``train_ep`` for the first task, ``train_ep_inc`` for the others; with ``train_iters``
+    = S > 0, the epochs (the last one partial) that S steps take on each task's ``train_rows``
+    rows: ``ceil(S / ceil(rows / mb_size))``."""
+    if config.train_iters > 0:
+        if train_rows is None or len(train_rows) != num_tasks:
+            raise ValueError(f"train_iters = {config.train_iters}: the epochs of each task depend on "
+                             f"its number of training rows; pass train_rows (one count per task, "
+                             f"{num_tasks} tasks)")
+        return [math.ceil(config.train_iters / max(1, math.ceil(n / config.mb_size)))
+                for n in train_rows]
     return [config.train_ep if i == 0 else config.train_ep_inc for i in range(num_tasks)]
 
 
@@ -164,15 +174,19 @@ def _schedule_warning(config: "Config", steps: Sequence[int]) -> str:
 def build_learner(config: "Config", model: nn.Module, scenario: Any, device: str = "cpu") -> Learner:
     """The learner of ``config`` for ``model`` on ``scenario``: every component from its registry.
 
-    The optimizer steps of each task (``learner.steps_per_task``) are counted from the rows the
-    selection will keep; ``learner.warnings`` lists settings that can never act."""
-    epochs = epochs_per_task(config, len(scenario.tasks))
+    The optimizer steps of each task (``learner.steps_per_task``) are ``train_iters`` when it is
+    set, else counted from the rows the selection will keep; ``learner.warnings`` lists settings
+    that can never act."""
+    train_rows = [len(task.train_y) for task in scenario.tasks]
+    epochs = epochs_per_task(config, len(scenario.tasks), train_rows)
     env = BuildEnv(model=model, scenario=scenario, steps_per_task=(), device=device)
     selection = (SELECTORS[config.data_pruning](config, env) if config.data_pruning != "none"
                  else None)
     steps = []
-    for task, e in zip(scenario.tasks, epochs):
-        n = len(task.train_y)
+    for n, e in zip(train_rows, epochs):
+        if config.train_iters > 0:   # the config refuses data pruning with train_iters
+            steps.append(config.train_iters)
+            continue
         rows = selection.planned_rows(n, e) if selection is not None else [n] * e
         steps.append(sum(math.ceil(r / config.mb_size) for r in rows))
     env = replace(env, steps_per_task=tuple(steps))

@@ -5,7 +5,8 @@ bottom.
                                                        + selection + probes)
     for each task i:
         learner.on_task_start; train `train_ep` (i = 0) or `train_ep_inc` (i > 0) epochs on task i
-        (or tasks 0..i if cumul), each epoch on the rows the selection keeps; learner.on_task_end
+        (or tasks 0..i if cumul), each epoch on the rows the selection keeps, or `train_iters`
+        steps (epoch after epoch, the last one cut short); learner.on_task_end
         evaluate the tasks the metrics need (eval_tasks: 0..i+1, or every task) ──► row i of the
         accuracy matrix R, with the activity statistics recorded in the same pass
         record stats, write a checkpoint (atomically)
@@ -28,6 +29,7 @@ or saved in the checkpoint (torch's global RNG for dropout, the components' own 
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import math
 import time
@@ -134,6 +136,7 @@ def _train_task(learner: Learner, ctx: TaskContext, progress: bool) -> Dict[str,
     losses: List[float] = []
     last_epoch: List[float] = []
     learner.on_task_start(ctx)
+    done = 0   # steps of this task
     for epoch in tqdm(range(ctx.epochs), desc=f"task {ctx.task} epochs", leave=False, disable=not progress):
         model.train()
         gen = _shuffle_generator(ctx.seed, ctx.task, epoch)
@@ -143,10 +146,15 @@ def _train_task(learner: Learner, ctx: TaskContext, progress: bool) -> Dict[str,
         n_rows = len(scenario.tasks[ctx.task].train_y) if rows is None else int(rows.numel())
         batches = scenario.batches(ctx.task, "train", batch_size=ctx.batch_size, shuffle=shuffle,
                                    generator=gen, device=ctx.device, rows=rows, with_index=True)
+        n_batches = math.ceil(n_rows / ctx.batch_size)
+        if ctx.step_limit > 0:   # train_iters: stop where the task's count is reached
+            n_batches = min(n_batches, ctx.step_limit - done)
+            batches = itertools.islice(batches, n_batches)
         last_epoch = []
-        for x, y, t, index in tqdm(batches, total=math.ceil(n_rows / ctx.batch_size), desc="batches",
-                                   leave=False, disable=not progress, mininterval=0.5):
+        for x, y, t, index in tqdm(batches, total=n_batches, desc="batches", leave=False,
+                                   disable=not progress, mininterval=0.5):
             loss = learner.train_step(Batch(x, y, t, index))
+            done += 1
             if not math.isfinite(loss):
                 raise DivergedError(f"the training loss is {loss}", task=ctx.task, epoch=epoch,
                                     step=learner.step - 1)
@@ -321,7 +329,8 @@ def run_trial(config: Any, results_dir: PathLike = "results", *, folder: Optiona
         t0 = time.perf_counter()
         ctx = TaskContext(task=i, num_tasks=num_tasks, scenario=scenario, model=model, device=device,
                           seed=seed, steps=steps[i], epochs=epochs[i],
-                          batch_size=config.mb_size, train_order=config.train_order)
+                          batch_size=config.mb_size, train_order=config.train_order,
+                          step_limit=config.train_iters)
         try:
             train_info = _train_task(learner, ctx, progress)
         except DivergedError as exc:

@@ -105,6 +105,8 @@ class TaskContext:
     epochs: int
     batch_size: int
     train_order: str = "shuffle"  # "original": every epoch uses the original project's fixed rows
+    step_limit: int = 0           # > 0 (train_iters): the task stops after this many steps,
+                                  # in the middle of its last epoch
 
     def train_batches(self, *, batch_size: Optional[int] = None, rows: Optional[torch.Tensor] = None,
                       shuffle: bool = False, generator: Optional[torch.Generator] = None):

@@ -89,7 +89,10 @@ def describe(config: Mapping[str, Any]) -> dict[str, str]:
         rule += f", wd {_num(c['weight_decay'])}"
     if c.get("learning_rule", "backprop") != "backprop":
         rule = f"{c['learning_rule']}; {rule}"
-    rule += f", batch {c['mb_size']}, {c['train_ep']} ep"
+    if c["train_iters"] > 0:
+        rule += f", batch {c['mb_size']}, {c['train_iters']} steps/task"
+    else:
+        rule += f", batch {c['mb_size']}, {c['train_ep']} ep"
     if c["strategy"] not in ("", "none"):
         rule += f", strategy {c['strategy']}"
     parts = []

@@ -3,8 +3,8 @@ meaning, in one table (:data:`STRATEGY_KEYS`) that the strategies' specs and the
 both read.
 
 Defaults follow van de Ven & Tolias, "Three scenarios for continual learning" (2019,
-arXiv:1904.07734) and the values their code (GMvandeVen/continual-learning,
-``param_values.py``) sets for the toolkit's default benchmark, permuted MNIST:
+arXiv:1904.07734) and the values the current version of their code (GMvandeVen/continual-learning,
+``params/param_values.py``, 2022 onwards) sets for the toolkit's default benchmark, permuted MNIST:
 
 ====================  =========================  ===============================================
 key                   default                    source
@@ -30,6 +30,12 @@ uses elsewhere (same penalty definitions and Fisher normalisation as here)::
                     domain: ewc_lambda 1e10, si_c 5e4
                     class:  ewc_lambda 1e9,  si_c 5e3
     permuted MNIST  class:  ewc_lambda 100,  si_c 5
+
+The 2019 version of that file (``param_values.py``, the code behind the paper's table) sets, for
+permuted MNIST: EWC lambda 500 and SI c 5 (task and domain setting), online EWC lambda 500 with
+gamma 0.8 (task) and lambda 1000 with gamma 0.9 (domain); the shipped ``pmnist_vdv_*`` experiments
+(domain setting) use these (docs/results/baselines.md).
+Their online EWC has its own strength (``--o-lambda``); here both read ``ewc_lambda``.
 
 Their issue #10 reports that the strengths recommended in the paper are often orders of
 magnitude too small; tune them (a sweep over powers of 10) before comparing methods.

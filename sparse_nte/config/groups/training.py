@@ -1,4 +1,5 @@
-"""Training keys: the optimizer, batches and epochs."""
+"""Training keys: the optimizer, batches, and how long each task trains (epochs, or a fixed
+number of optimizer steps per task, ``train_iters``, as van de Ven & Tolias count training)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -48,6 +49,13 @@ class TrainingKeys:
     train_ep_inc: int = key(
         1, interval="[0, inf)",
         doc="Epochs on every later task (> 0 when num_batch > 1).")
+    train_iters: int = key(
+        0, interval="[0, inf)",
+        doc="Optimizer steps per task, the first included (van de Ven & Tolias's 'iterations per "
+            "task'); 0 = count epochs (train_ep, train_ep_inc). The steps run through the task's "
+            "training set epoch after epoch, each epoch in its own order, the last one stopped "
+            "where the count is reached; with cumul every task takes this many steps on the union "
+            "of its training sets.")
     adam_beta2: float = key(
         0.999, interval="(0, 1)",
         doc="beta2 of adam / adamw (torch's default 0.999; Daruwalla & Lipasti's runs: 0.99).")
@@ -61,12 +69,16 @@ class TrainingKeys:
 
 def check(r: "Resolver") -> None:
     v, w = r.values, r.where
-    if v["num_batch"] > 1 and v["train_ep_inc"] == 0:
+    if v["num_batch"] > 1 and v["train_ep_inc"] == 0 and v["train_iters"] == 0:
         r.fail(r.conflict(f"{w('train_ep_inc')} would leave tasks 1..{v['num_batch'] - 1} untrained "
                           f"({w('num_batch')}); give them at least 1 epoch", "train_ep_inc", "num_batch"))
     if v["train_order"] == "original" and v["data_pruning"] != "none":
         r.fail(r.conflict(f"{w('train_order')} fixes every epoch's rows, but {w('data_pruning')} "
                           f"chooses them; use train_order = shuffle", "train_order", "data_pruning"))
+    if v["train_iters"] > 0 and v["data_pruning"] != "none":
+        r.fail(r.conflict(f"{w('train_iters')} counts steps, but {w('data_pruning')} plans its rows "
+                          f"per epoch; use train_iters = 0 (epochs) with data pruning",
+                          "train_iters", "data_pruning"))
     if v["nesterov"] and v["momentum"] == 0 and v["optimizer"] == "sgd":
         r.fail(r.conflict(f"{w('nesterov')} needs momentum > 0, but {w('momentum')} (torch.optim.SGD "
                           f"rejects this too)", "nesterov", "momentum"))
@@ -74,7 +86,10 @@ def check(r: "Resolver") -> None:
 
 def no_effect(v: dict[str, Any]) -> dict[str, str]:
     out = {}
-    if v["num_batch"] == 1:
+    if v["train_iters"] > 0:
+        out.update(dict.fromkeys(("train_ep", "train_ep_inc"),
+                                 f"train_iters = {v['train_iters']} sets the steps of every task"))
+    elif v["num_batch"] == 1:
         out["train_ep_inc"] = "there is a single task (num_batch = 1)"
     if v["optimizer"] in ("adam", "adamw"):
         out.update(dict.fromkeys(("momentum", "nesterov"),
