@@ -66,7 +66,8 @@ def window_table(folder: Path) -> str:
         data = load(path)
         if m and data and data["epochs"]:
             found.append((int(m.group(1)), data["epochs"][0]))
-    rows = ["| window N | test accuracy after epoch 1 (%) | seconds per epoch (wall, 3 seeds) |",
+    rows = [("| window N | test accuracy after epoch 1 (%) | wall seconds, 3 seeds (load varied: not a "
+            "speed figure) |"),
             "|---|---|---|"]
     for n, ep in sorted(found):
         rows.append(f"| {n} | {mean_sd(ep['acc'])} | {ep['seconds']:.0f} |")
