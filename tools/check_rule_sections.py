@@ -22,8 +22,6 @@ Run: ``python tools/check_rule_sections.py --rule ib_hebbian --rule hsic [--widt
 from __future__ import annotations
 
 import argparse
-import configparser
-import math
 import sys
 import tempfile
 import time
