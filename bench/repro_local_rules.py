@@ -39,7 +39,7 @@ from bench.common import machine, pin_threads  # noqa: E402
 from benchmarks.datasets import load_folder  # noqa: E402
 from models import build_model  # noqa: E402
 from sparse_nte.dale import constrain_optimizer  # noqa: E402
-from sparse_nte.rules.hsic import HSICBottleneck, HSICSpec  # noqa: E402
+from sparse_nte.rules.hsic import HSICBottleneck, HSICSpec, hsic_param_groups  # noqa: E402
 from sparse_nte.rules.ib_hebbian import IBHebbianSpec  # noqa: E402
 from sparse_nte.rules.local import LocalOptimizerSpec, build_local_optimizer  # noqa: E402
 from sparse_nte.rules.streams import IBHebbianStreams  # noqa: E402
@@ -176,7 +176,7 @@ def run_hsic(args) -> None:
     xtr, ytr, xte, yte = load(args.data, args.train_limit)
     setup = {"exp": "hsic", "seeds": args.seeds, "units": args.units, "layers": args.layers,
              "beta": args.beta, "sigma": args.sigma, "lr": args.lr, "batch": args.batch,
-             "optimizer": args.optimizer}
+             "optimizer": args.optimizer, "head_lr": args.head_lr}
     log = Log(args.out, setup)
     if log.done:
         raise SystemExit(f"{args.out} has results; the hsic runs do not resume (delete it)")
@@ -189,11 +189,13 @@ def run_hsic(args) -> None:
                    exc_fraction=0.8, dale_input=False, dale_kwta="include", sparse_exec="off",
                    sparse_init="torch", layer_norm=True)
         model = build_model(cfg, _Scenario()).train()
+        spec = HSICSpec(beta=args.beta, sigma=args.sigma, head_lr=args.head_lr)
         opt = build_local_optimizer(LocalOptimizerSpec(optimizer=args.optimizer, lr=args.lr,
-                                                       weight_decay=0.0), model.parameters())
+                                                       weight_decay=0.0),
+                                    hsic_param_groups(model, spec))
         constrain_optimizer(opt, model)
         models.append(model)
-        rules.append(HSICBottleneck(model, HSICSpec(beta=args.beta, sigma=args.sigma), opt))
+        rules.append(HSICBottleneck(model, spec, opt))
     for epoch in range(args.epochs):
         t0 = time.time()
         accs = []
@@ -234,6 +236,8 @@ def main() -> None:
     ap.add_argument("--beta", type=float, default=1000.0, help="hsic: beta")
     ap.add_argument("--sigma", type=float, default=5.0, help="hsic: sigma")
     ap.add_argument("--optimizer", default="sgd", help="hsic: sgd | adam | adamw")
+    ap.add_argument("--head-lr", type=float, default=5e-3,
+                    help="hsic: lr of the online-formatted heads (the reference's format step, SGD 5e-3)")
     args = ap.parse_args()
     pin_threads(1)
     defaults = {"ib": (1e-4, 1), "bp": (1e-3, 6), "hsic": (1e-3, 256)}[args.exp]

@@ -16,6 +16,8 @@ i.e. ``x = ((X / 255 - mean_c) / std_c)`` with its pixels permuted. The input sc
   equals the original sparse-dynamic-synapses MNIST arrays bit for bit (its reader stored
   ``uint8.astype(float32) / 255``; multiplying by ``1/255`` instead differs in the last bit for
   126 of the 256 values).
+* ``symmetric``: ``mean_c = std_c = 0.5``, i.e. ``z = (X / 255 - 0.5) / 0.5`` in [-1, 1], the
+  input of Daruwalla & Lipasti's IB-Hebbian experiments (darsnack/biological-hsic).
 * ``imagenet``: ``mean = (0.485, 0.456, 0.406)``, ``std = (0.229, 0.224, 0.225)`` (RGB), the
   ImageNet statistics the original project's iCIFAR path normalised with
   (``preprocess_imgs``); three-channel inputs only.
@@ -32,7 +34,7 @@ from typing import Iterator, Optional, Sequence
 import torch
 
 #: Input scalings (module docstring).
-SCALINGS = ("standard", "unit", "imagenet")
+SCALINGS = ("standard", "unit", "symmetric", "imagenet")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -77,6 +79,8 @@ def iterate_batches(x: torch.Tensor, y: torch.Tensor, t: torch.Tensor, *,
     check_scaling(scaling, channels)
     if scaling == "imagenet":
         mean, std = IMAGENET_MEAN, IMAGENET_STD
+    elif scaling == "symmetric":
+        mean, std = (0.5,) * channels, (0.5,) * channels
     device = torch.device(device)
     flat = x.reshape(n, -1)
     dim = flat.shape[1]

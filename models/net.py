@@ -15,6 +15,9 @@ Architectures (as the original project's SimpleMLP / SimpleCNN; Pervasive-AI-Lab
                             k-WTA it makes the next layer's input dense; activity statistics are
                             recorded before it.
 
+``hidden_widths`` (e.g. ``128,64``) gives each fc layer its own width instead of
+``hidden_layers`` x ``hidden_units``.
+
 ``conv_layers = 2`` is the SimpleCNN of the original's final release (8ee2b3c, iCIFAR);
 ``conv_layers = 1`` the one-convolution SimpleCNN its permuted-MNIST CNN results came from
 (902843e: Conv2d(1, 64, 5) then Linear(64 * 24 * 24, hidden_units)).
@@ -190,9 +193,12 @@ class Net(nn.Module):
 
     @staticmethod
     def _fc_plans(spec: NetSpec, n_in: int, relu_first: bool) -> list[_LayerPlan]:
-        return [_LayerPlan(False, n_in if i == 0 else spec.hidden_units, spec.hidden_units, 1,
-                           spec.weight_sparsity_fc, spec.percent_on_fc, relu_first)
-                for i in range(spec.hidden_layers)]
+        plans = []
+        for width in spec.fc_widths:
+            plans.append(_LayerPlan(False, n_in, width, 1, spec.weight_sparsity_fc,
+                                    spec.percent_on_fc, relu_first))
+            n_in = width
+        return plans
 
     def _make_layer(self, plan: _LayerPlan, pre_sign: Optional[torch.Tensor],
                     gen: dict[str, torch.Generator], where: str,
@@ -371,7 +377,8 @@ class Net(nn.Module):
 
 
 class MLP(Net):
-    """``hidden_layers`` fully connected layers of ``hidden_units`` on the flattened input."""
+    """``hidden_layers`` fully connected layers of ``hidden_units`` (or of ``hidden_widths``) on
+    the flattened input."""
 
     def _plan(self, spec: NetSpec, input_shape: tuple[int, int, int]) -> list[_LayerPlan]:
         return self._fc_plans(spec, math.prod(input_shape), relu_first=False)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 from sparse_nte.config import SCHEMA, check_key
+from sparse_nte.config.groups.model import parse_widths
 
 __all__ = ["NetSpec", "MODEL_KEYS"]
 
@@ -24,6 +25,9 @@ class NetSpec:
         conv_layers: number of those convolutions, 1 or 2 (CNN only).
         hidden_units: width of every fully connected hidden layer.
         hidden_layers: number of fully connected hidden layers (>= 1).
+        hidden_widths: the width of each fully connected hidden layer, comma-separated text
+            (``"128,64"``); empty (default) = ``hidden_layers`` layers of ``hidden_units``.
+            Optional key.
         dropout: dropout probability after every hidden layer, in [0, 1).
         dropout_draws: "all" (torch's dropout masks, bit for bit) or "active" (one draw per
             non-zero activation / k-WTA winner; see :mod:`models.blocks`).
@@ -78,10 +82,21 @@ class NetSpec:
     conv_layers: int = SCHEMA["conv_layers"].default
     layer_norm: bool = SCHEMA["layer_norm"].default
     weight_sparsity_head: float = SCHEMA["weight_sparsity_head"].default
+    hidden_widths: str = SCHEMA["hidden_widths"].default
 
     def __post_init__(self) -> None:
         for f in fields(self):
             _check(f.name, getattr(self, f.name))
+        try:
+            parse_widths(self.hidden_widths)
+        except ValueError as exc:
+            raise ValueError(f"build_model: config key 'hidden_widths' = {self.hidden_widths!r} "
+                             f"is invalid: {exc}") from None
+
+    @property
+    def fc_widths(self) -> tuple[int, ...]:
+        """The width of every fully connected hidden layer, first to last."""
+        return parse_widths(self.hidden_widths) or (self.hidden_units,) * self.hidden_layers
 
     @classmethod
     def from_config(cls, config: Any) -> "NetSpec":
@@ -104,7 +119,8 @@ class NetSpec:
 MODEL_KEYS: tuple[str, ...] = tuple(f.name for f in fields(NetSpec))
 #: Model keys added after the first release: a plain mapping without them (written for an
 #: earlier version) gets their schema default.
-ADDED_KEYS: tuple[str, ...] = ("dropout_draws", "conv_layers", "layer_norm", "weight_sparsity_head")
+ADDED_KEYS: tuple[str, ...] = ("dropout_draws", "conv_layers", "layer_norm", "weight_sparsity_head",
+                              "hidden_widths")
 
 
 def _check(name: str, value: Any) -> None:

@@ -26,6 +26,11 @@ forgetting (a maximum over rows) and the accuracy curve; ACC, BWT, FWT and the l
 use full rows only. The number of test examples behind every entry is recorded
 (:func:`examples_matrix`).
 
+Learning curves (``epoch_eval``): after every epoch, :func:`epoch_accuracy` measures the task
+being trained on its whole test set and on a fixed random subset of its training rows
+(:func:`train_rows`, drawn once per (seed, task)), in eval mode; nothing the training reads
+changes (no duty-cycle update, no random draw).
+
 One pass. The activity statistics of ``record_stats`` (:func:`sparse_nte.stats.activity_stats`)
 are recorded during the evaluation pass of the tasks seen so far (on the same examples), in eval
 mode before dropout, instead of a second pass over the same test sets.
@@ -44,13 +49,15 @@ import torch
 import torch.nn as nn
 
 __all__ = ["EVAL_TASKS", "EVAL_BATCH", "EvalSpec", "tasks_after", "random_init_tasks",
-           "subset_rows", "evaluate_task", "evaluate_tasks", "examples_matrix"]
+           "subset_rows", "train_rows", "evaluate_task", "evaluate_tasks", "epoch_accuracy",
+           "examples_matrix"]
 
 #: Choices of the config key ``eval_tasks``.
 EVAL_TASKS = ("needed", "all")
 #: Rows per evaluation batch.
 EVAL_BATCH = 256
 _SUBSET_TAG = 0x45564C   # SeedSequence spawn key of the evaluation subsets
+_TRAIN_TAG = 0x545241    # ... and of the training rows of the learning curves
 
 
 @dataclass(frozen=True)
@@ -109,20 +116,33 @@ def subset_rows(num_test: int, size: int, seed: int, task: int) -> Optional[torc
     return torch.from_numpy(np.sort(rng.choice(num_test, size=size, replace=False)))
 
 
+def train_rows(num_train: int, size: int, seed: int, task: int) -> Optional[torch.Tensor]:
+    """The fixed subset of ``size`` training rows of ``task`` whose accuracy the learning curves
+    record (sorted int64, from ``SeedSequence(seed, spawn_key=(tag, task))``, a stream of its
+    own), or None when the training set is not larger (all of it)."""
+    if size <= 0 or size >= num_train:
+        return None
+    rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(_TRAIN_TAG,
+                                                                            int(task))))
+    return torch.from_numpy(np.sort(rng.choice(num_train, size=size, replace=False)))
+
+
 @torch.inference_mode()
 def evaluate_task(model: nn.Module, scenario: Any, task: int, after_task: int,
                   device: Any = "cpu", batch_size: int = EVAL_BATCH,
-                  rows: Optional[torch.Tensor] = None, recorder: Any = None) -> tuple[int, int]:
-    """(correct, total) on task ``task``'s test set (``rows`` of it, or all) after training task
-    ``after_task``, in the model's current mode; every example counted once. Class-incremental
-    scenarios predict the argmax over the classes seen up to ``after_task``. With ``recorder``
-    (``model.record_activity()``), the forward passes are recorded."""
+                  rows: Optional[torch.Tensor] = None, recorder: Any = None,
+                  split: str = "test") -> tuple[int, int]:
+    """(correct, total) on task ``task``'s test set (or ``split``; ``rows`` of it, or all)
+    after training task ``after_task``, in the model's current mode; every example counted
+    once. Class-incremental scenarios predict the argmax over the classes seen up to
+    ``after_task``. With ``recorder`` (``model.record_activity()``), the forward passes are
+    recorded."""
     allowed = None
     if getattr(scenario, "setting", None) == "class":
         allowed = scenario.seen_outputs(after_task).to(device)
     correct = total = 0
     subset = {} if rows is None else {"rows": rows}
-    for x, y, t in scenario.batches(task, "test", batch_size=batch_size, shuffle=False,
+    for x, y, t in scenario.batches(task, split, batch_size=batch_size, shuffle=False,
                                     device=device, **subset):
         logits = model(x, t)
         if allowed is not None:
@@ -175,6 +195,27 @@ def evaluate_tasks(model: nn.Module, scenario: Any, tasks: Sequence[int], after_
     finally:
         model.train(was_training)
     return out
+
+
+def epoch_accuracy(model: nn.Module, scenario: Any, task: int, device: Any = "cpu", *,
+                   train_subset: Optional[torch.Tensor] = None, train: bool = True,
+                   batch_size: int = EVAL_BATCH) -> tuple[float, Optional[float]]:
+    """(test accuracy, training accuracy) of ``task`` while it is being trained, in eval mode
+    (the model's mode is restored): the whole test set, and the training rows ``train_subset``
+    (all of them when None; no training accuracy when ``train`` is False)."""
+    was_training = model.training
+    model.eval()
+    try:
+        correct, total = evaluate_task(model, scenario, task, task, device, batch_size)
+        test = correct / max(total, 1)
+        accuracy = None
+        if train:
+            correct, total = evaluate_task(model, scenario, task, task, device, batch_size,
+                                           train_subset, split="train")
+            accuracy = correct / max(total, 1)
+    finally:
+        model.train(was_training)
+    return test, accuracy
 
 
 def examples_matrix(rows: Sequence[Optional[Dict[int, int]]], num_tasks: int) -> np.ndarray:

@@ -7,6 +7,7 @@ bottom.
         learner.on_task_start; train `train_ep` (i = 0) or `train_ep_inc` (i > 0) epochs on task i
         (or tasks 0..i if cumul), each epoch on the rows the selection keeps, or `train_iters`
         steps (epoch after epoch, the last one cut short); learner.on_task_end
+        (epoch_eval: after every epoch, task i's test and training accuracy: learning curves)
         evaluate the tasks the metrics need (eval_tasks: 0..i+1, or every task) ──► row i of the
         accuracy matrix R, with the activity statistics recorded in the same pass
         record stats, write a checkpoint (atomically)
@@ -44,8 +45,9 @@ from benchmarks.original import original_train_rows
 from sparse_nte import stats as model_stats
 from sparse_nte.config import Config, config_from_dict
 from sparse_nte.errors import CheckpointError, DivergedError, ResultsError
-from sparse_nte.evaluation import (EVAL_BATCH, EvalSpec, evaluate_task, evaluate_tasks,
-                                   examples_matrix, random_init_tasks, subset_rows, tasks_after)
+from sparse_nte.evaluation import (EVAL_BATCH, EvalSpec, epoch_accuracy, evaluate_task,
+                                   evaluate_tasks, examples_matrix, random_init_tasks, subset_rows,
+                                   tasks_after, train_rows)
 from sparse_nte.identity import describe_differences, differences
 from sparse_nte.layers import update_boost_strength
 from sparse_nte.learner import Learner, build_learner
@@ -129,12 +131,20 @@ def _nonfinite_parameter(model: nn.Module) -> Optional[str]:
     return None
 
 
-def _train_task(learner: Learner, ctx: TaskContext, progress: bool) -> Dict[str, float]:
+def _train_task(learner: Learner, ctx: TaskContext, progress: bool,
+                curve: Optional[int] = None) -> Dict[str, Any]:
+    """Train task ``ctx.task`` for its epochs. ``curve`` (config ``epoch_eval_train`` when
+    ``epoch_eval`` is on, else None): after every epoch, record the task's test accuracy and
+    its accuracy on ``curve`` training rows (0: none) as ``epoch_test_acc`` / ``epoch_train_acc``."""
     from tqdm.auto import tqdm
 
     model, scenario = learner.model, ctx.scenario
     losses: List[float] = []
     last_epoch: List[float] = []
+    curve_test: List[float] = []
+    curve_train: List[float] = []
+    curve_rows = (train_rows(len(scenario.tasks[ctx.task].train_y), curve, ctx.seed, ctx.task)
+                  if curve else None)
     learner.on_task_start(ctx)
     done = 0   # steps of this task
     for epoch in tqdm(range(ctx.epochs), desc=f"task {ctx.task} epochs", leave=False, disable=not progress):
@@ -165,11 +175,23 @@ def _train_task(learner: Learner, ctx: TaskContext, progress: bool) -> Dict[str,
         why = (f"parameter {bad} is not finite" if bad is not None else learner.rule.unhealthy())
         if why is not None:
             raise DivergedError(why, task=ctx.task, epoch=epoch, step=learner.step - 1)
+        if curve is not None:
+            test, train = epoch_accuracy(model, scenario, ctx.task, ctx.device,
+                                         train_subset=curve_rows, train=curve > 0)
+            curve_test.append(test)
+            if train is not None:
+                curve_train.append(train)
     try:
         learner.on_task_end(ctx)   # consolidation (e.g. EWC's Fisher) reads the network's outputs
     except FloatingPointError as exc:
         raise DivergedError(str(exc), task=ctx.task, epoch=ctx.epochs - 1, step=learner.step - 1) from None
-    return {"train_loss_last_epoch": float(np.mean(last_epoch)) if last_epoch else float("nan")}
+    info: Dict[str, Any] = {"train_loss_last_epoch": float(np.mean(last_epoch)) if last_epoch
+                            else float("nan")}
+    if curve is not None:
+        info["epoch_test_acc"] = curve_test
+        if curve:
+            info["epoch_train_acc"] = curve_train
+    return info
 
 
 def reusable_result(out: Path, config: Config) -> Optional[dict]:
@@ -332,7 +354,8 @@ def run_trial(config: Any, results_dir: PathLike = "results", *, folder: Optiona
                           batch_size=config.mb_size, train_order=config.train_order,
                           step_limit=config.train_iters)
         try:
-            train_info = _train_task(learner, ctx, progress)
+            train_info = _train_task(learner, ctx, progress,
+                                     config.epoch_eval_train if config.epoch_eval else None)
         except DivergedError as exc:
             diverged = exc
             log(f"[{exp} seed {seed}] {exc}")

@@ -509,7 +509,8 @@ def _config(**overrides):
     values = dict(optimizer="adamw", lr=1e-4, weight_decay=1e-4, momentum=0.0, nesterov=False,
                   adam_beta2=0.99, seed=3, ib_window=6, ib_gamma=2.0, ib_sigma_x=0.5,
                   ib_sigma_y=0.1, ib_sigma_z=1.0, ib_signal="exact", ib_prefix_bug=True,
-                  hsic_beta=100.0, hsic_sigma=5.0, hsic_epsilon=1e-5, reservoir_size=10,
+                  hsic_beta=100.0, hsic_sigma=5.0, hsic_epsilon=1e-5, hsic_head_lr=0.0,
+                  fused_optimizer=False, reservoir_size=10,
                   reservoir_gain=1.2, reservoir_density=0.1, reservoir_tau=5e-3,
                   reservoir_dt=1e-3, reservoir_steps=2, reservoir_lr=5e-4)
     values.update(overrides)

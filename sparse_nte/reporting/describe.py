@@ -75,7 +75,9 @@ def describe(config: Mapping[str, Any]) -> dict[str, str]:
     subset = f", {c['train_subset']} examples/task" if c["train_subset"] else ""
     scenario = f"{c['num_batch']} tasks, {_setting(c)}-IL{', cumulative' if c['cumul'] else ''}{subset}"
     body = "CNN + " if c["cnn"] else ""
-    model = f"{body}MLP {c['hidden_layers']}x{c['hidden_units']}"
+    widths = str(c.get("hidden_widths", "") or "")
+    model = (f"{body}MLP {widths.replace(',', '-')}" if widths
+             else f"{body}MLP {c['hidden_layers']}x{c['hidden_units']}")
     if c["dropout"]:
         model += f", dropout {_num(c['dropout'])}"
     opt = c["optimizer"]
@@ -97,8 +99,11 @@ def describe(config: Mapping[str, Any]) -> dict[str, str]:
         rule += f", strategy {c['strategy']}"
     parts = []
     if c["sparsify"]:
-        k = max(1, round(c["hidden_units"] * c["percent_on_fc"]))
-        parts.append(f"k-WTA {k}/{c['hidden_units']}")
+        if widths:
+            parts.append(f"k-WTA {_num(c['percent_on_fc'])} on")
+        else:
+            k = max(1, round(c["hidden_units"] * c["percent_on_fc"]))
+            parts.append(f"k-WTA {k}/{c['hidden_units']}")
     if c["weight_sparsity_fc"] < 1:
         parts.append(f"fc density {_num(c['weight_sparsity_fc'])}")
     if c["dale"]:

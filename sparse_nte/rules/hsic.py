@@ -19,7 +19,8 @@ this is "one optimizer per layer" as in the reference).
 The "format" step (the reference trains the output layer with CE on the frozen HSIC network
 before reading accuracy; its users who read the raw unformatted output got 0%, issues #7, #11):
 here the heads are trained online by the mean cross-entropy of the batch on the detached
-features of the last block, as the last step of every batch. Accuracy is thus always read off a
+features of the last block, as the last step of every batch, with their own learning rate
+``hsic_head_lr`` when it is given (the reference's format step: SGD, lr 5e-3). Accuracy is thus always read off a
 trained linear read-out. (The reference's unformatted accuracy, reading a 10-unit last HSIC
 layer through a class map, needs a last hidden layer as wide as the number of classes, which
 these networks do not have.)
@@ -45,7 +46,7 @@ from sparse_nte.rules.local import (LocalOptimizerSpec, LocalRule, build_local_o
                                     check_number, read_keys)
 from sparse_nte.seams import Batch, BuildEnv, Objective, TaskContext
 
-__all__ = ["HSICSpec", "HSICBottleneck", "build_hsic"]
+__all__ = ["HSICSpec", "HSICBottleneck", "build_hsic", "hsic_param_groups"]
 
 
 @dataclass(frozen=True)
@@ -57,20 +58,25 @@ class HSICSpec:
         sigma: kernel width of inputs, labels and layer outputs, before the sqrt(d) scaling
             (the reference: 5).
         epsilon: regulariser of the normalised HSIC, eps in (Kc + eps m I)^{-1} (1e-5).
+        head_lr: learning rate of the heads (the format step), 0 = the optimizer's ``lr``
+            (the reference formats with its own SGD, lr 5e-3, after HSIC training).
     """
 
     beta: float = 500.0
     sigma: float = 5.0
     epsilon: float = 1e-5
+    head_lr: float = 0.0
 
     def __post_init__(self) -> None:
         check_number("hsic_beta", self.beta, 0.0)
         check_number("hsic_sigma", self.sigma, 0.0, low_open=True)
         check_number("hsic_epsilon", self.epsilon, 0.0, low_open=True)
+        check_number("hsic_head_lr", self.head_lr, 0.0)
 
     @classmethod
     def from_config(cls, config: Any) -> "HSICSpec":
-        v = read_keys(config, ("hsic_beta", "hsic_sigma", "hsic_epsilon"), "learning_rule = hsic")
+        v = read_keys(config, ("hsic_beta", "hsic_sigma", "hsic_epsilon", "hsic_head_lr"),
+                      "learning_rule = hsic")
         return cls(**{k[5:]: val for k, val in v.items()})
 
 
@@ -152,7 +158,21 @@ class HSICBottleneck(LocalRule):
         self._load_stats_state(state["stats"])
 
 
+def hsic_param_groups(model: nn.Module, spec: HSICSpec) -> list:
+    """The optimizer's parameter groups: every parameter outside the heads, and the heads with
+    their own learning rate when ``spec.head_lr`` > 0 (one group otherwise)."""
+    heads = [p for p in model.heads.parameters()]
+    ids = {id(p) for p in heads}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    if spec.head_lr > 0:
+        return [{"params": rest}, {"params": heads, "lr": spec.head_lr}]
+    return [{"params": rest + heads}]
+
+
 def build_hsic(config: Any, env: BuildEnv) -> HSICBottleneck:
     """Registry builder: ``learning_rule = hsic``."""
-    optimizer = build_local_optimizer(LocalOptimizerSpec.from_config(config), env.model.parameters())
-    return HSICBottleneck(env.model, HSICSpec.from_config(config), optimizer)
+    spec = HSICSpec.from_config(config)
+    check_net(env.model, "learning_rule = hsic")
+    optimizer = build_local_optimizer(LocalOptimizerSpec.from_config(config),
+                                      hsic_param_groups(env.model, spec))
+    return HSICBottleneck(env.model, spec, optimizer)

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sparse_nte.config.fields import key
+
+if TYPE_CHECKING:  # pragma: no cover
+    from sparse_nte.config.resolve import Resolver
 
 TITLE = "Dale's law"
 
@@ -25,6 +28,15 @@ class DaleKeys:
         "include", choices=("include", "exclude"),
         doc="Whether inhibitory units compete in the k-WTA (include) or the winners are chosen among "
             "excitatory units only (exclude).")
+
+
+def check(r: "Resolver") -> None:
+    v = r.values
+    if v["dale"] and v["layer_norm"]:
+        r.fail(r.conflict(f"{r.where('dale')} with {r.where('layer_norm')}: LayerNorm centres each "
+                          "layer's activity, so every unit sends activity of both signs and the fixed "
+                          "sign of its outgoing weights no longer makes it excitatory or inhibitory; "
+                          "set layer_norm = false or dale = false", "dale", "layer_norm"))
 
 
 def no_effect(v: dict[str, Any]) -> dict[str, str]:

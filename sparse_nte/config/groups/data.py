@@ -77,7 +77,9 @@ class DataKeys:
     input_scaling: str = key(
         "standard", choices=SCALINGS,
         doc="Input scaling: standard ((x/255 - mean) / std per channel, the training split's "
-            "statistics), unit (x/255 in [0, 1], the original project's MNIST input) or imagenet "
+            "statistics), unit (x/255 in [0, 1], the original project's MNIST input), symmetric "
+            "((x/255 - 0.5) / 0.5 in [-1, 1], the input of Daruwalla & Lipasti's IB-Hebbian runs) or "
+            "imagenet "
             "(ImageNet's channel statistics, the original project's iCIFAR input; 3-channel datasets "
             "only).")
     permutation_rng: str = key(

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sparse_nte.config.fields import key
+from sparse_nte.config.groups.model import fc_widths
 
 if TYPE_CHECKING:  # pragma: no cover
     from sparse_nte.config.resolve import Resolver
@@ -44,10 +45,13 @@ class KWTAKeys:
 def check(r: "Resolver") -> None:
     v = r.values
     # k-WTA needs at least one winner in each hidden fc layer (k as in sparse_nte.layers.KWinners)
-    if v["sparsify"] and round(v["hidden_units"] * v["percent_on_fc"]) < 1:
-        r.fail(r.conflict(f"k = round(hidden_units * percent_on_fc) = round({v['hidden_units']} * "
+    n = min(fc_widths(v))
+    if v["sparsify"] and round(n * v["percent_on_fc"]) < 1:
+        size = "hidden_units" if not v["hidden_widths"] else "the narrowest of hidden_widths"
+        r.fail(r.conflict(f"k = round({size} * percent_on_fc) = round({n} * "
                           f"{v['percent_on_fc']}) = 0 winners; percent_on_fc must exceed "
-                          f"{0.5 / v['hidden_units']:.4g}", "percent_on_fc", "hidden_units"))
+                          f"{0.5 / n:.4g}", "percent_on_fc",
+                          "hidden_widths" if v["hidden_widths"] else "hidden_units"))
 
 
 def no_effect(v: dict[str, Any]) -> dict[str, str]:

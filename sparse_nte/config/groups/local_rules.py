@@ -60,6 +60,10 @@ class LocalRuleKeys:
         _HSIC["sigma"], interval="(0, inf)", doc="hsic: kernel width (times sqrt(dim)).")
     hsic_epsilon: float = key(
         _HSIC["epsilon"], interval="(0, inf)", doc="hsic: regulariser of the normalised HSIC.")
+    hsic_head_lr: float = key(
+        _HSIC["head_lr"], interval="[0, inf)",
+        doc="hsic: learning rate of the output heads, trained online by cross-entropy (the format "
+            "step; the reference trains its output layer with SGD lr 5e-3); 0 = `lr`.")
 
 
 def check(r: "Resolver") -> None:

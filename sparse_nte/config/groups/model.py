@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sparse_nte.config.fields import key
+
+if TYPE_CHECKING:  # pragma: no cover
+    from sparse_nte.config.resolve import Resolver
 
 TITLE = "model"
 
@@ -24,6 +27,11 @@ class ModelKeys:
     hidden_layers: int = key(
         1, interval="[1, inf)",
         doc="Number of hidden fc layers.")
+    hidden_widths: str = key(
+        "", kind="text",
+        doc="Units of each hidden fc layer, comma-separated (e.g. `128, 64`, the MLP of Daruwalla & "
+            "Lipasti 2024); empty = `hidden_layers` layers of `hidden_units`. When given, it replaces "
+            "both.")
     dropout: float = key(
         0.0, interval="[0, 1)",
         doc="Dropout probability after each hidden layer.")
@@ -41,8 +49,40 @@ class ModelKeys:
             "with (Daruwalla & Lipasti 2024). Activity statistics are recorded before it."
             )
 
+def parse_widths(text: str) -> tuple[int, ...]:
+    """The widths of ``hidden_widths`` text (``"128, 64"`` -> ``(128, 64)``; ``""`` -> ``()``);
+    ValueError unless every entry is an integer >= 1."""
+    if not text.strip():
+        return ()
+    parts = [p.strip() for p in text.split(",")]
+    if not all(p.isdigit() and int(p) >= 1 for p in parts):
+        raise ValueError(f"expected comma-separated integers >= 1 (e.g. 128, 64), got {text!r}")
+    return tuple(int(p) for p in parts)
+
+
+def fc_widths(v: Any) -> tuple[int, ...]:
+    """The width of every hidden fc layer of a config (a mapping of values, or a Config)."""
+    get = v.get if isinstance(v, dict) else lambda k: getattr(v, k)
+    widths = parse_widths(get("hidden_widths"))
+    return widths or (get("hidden_units"),) * get("hidden_layers")
+
+
+def derive(r: "Resolver") -> None:
+    """``hidden_widths`` in canonical form (``"128,64"``), so that spellings of the same
+    network are the same configuration."""
+    v = r.values
+    try:
+        v["hidden_widths"] = ",".join(str(w) for w in parse_widths(v["hidden_widths"]))
+    except ValueError as exc:
+        r.fail(r.error("hidden_widths", str(exc)))
+        v["hidden_widths"] = ""      # the error is reported; later checks see a valid value
+
+
 def no_effect(v: dict[str, Any]) -> dict[str, str]:
     out = {}
+    if v["hidden_widths"]:
+        out.update(dict.fromkeys(("hidden_units", "hidden_layers"),
+                                 f"hidden_widths = {v['hidden_widths']} sets the hidden fc layers"))
     if not v["cnn"]:
         out.update(dict.fromkeys(("percent_on_conv", "weight_sparsity_conv"),
                                  "there are no conv layers (cnn = false)"))

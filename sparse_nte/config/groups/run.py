@@ -44,13 +44,26 @@ class RunKeys:
         5, interval="[1, inf)",
         doc="With eval_subset > 0: rows after every eval_full_every-th task (and the last) are "
             "evaluated on whole test sets.")
+    epoch_eval: bool = key(
+        False,
+        doc="Learning curves: after every epoch, also evaluate the task being trained on its whole "
+            "test set and on `epoch_eval_train` of its training rows (eval mode; training is "
+            "unchanged); stored per task in the results' stats as epoch_test_acc and "
+            "epoch_train_acc.")
+    epoch_eval_train: int = key(
+        10000, interval="[0, inf)",
+        doc="With epoch_eval: training rows whose accuracy is recorded after every epoch (a fixed "
+            "random subset drawn from the seed and task; 0 = no training accuracy; at least the "
+            "task's size = all of them).")
 
 
 def no_effect(v: dict[str, Any]) -> dict[str, str]:
+    out = {}
     if v["eval_subset"] == 0:
-        return {"eval_full_every": "old tasks are always evaluated on whole test sets "
-                                   "(eval_subset = 0)"}
-    return {}
+        out["eval_full_every"] = "old tasks are always evaluated on whole test sets (eval_subset = 0)"
+    if not v["epoch_eval"]:
+        out["epoch_eval_train"] = "there are no learning curves (epoch_eval = false)"
+    return out
 
 
 #: The group's keys (read by sparse_nte.config.schema).

@@ -1,0 +1,111 @@
+"""Markdown tables of docs/results/local_rules.md from the result files of the local-rule runs.
+
+Reads, from ``--dir``:
+
+* ``ib_n8.json``, ``bp.json``, ``hsic.json`` (``bench/repro_local_rules.py``: test accuracy of
+  every seed after every epoch): accuracy after epochs 1, 5 and 25 (those run), mean +- sd over
+  seeds, beside the published figures (ANCHORS);
+* ``ib_n<N>.json`` for the window sweep: test accuracy after epoch 1 for every N found;
+* ``bench_local_rules*.json`` (``bench/bench_local_rules.py --json``): samples per second of one
+  and 32 streams against the GEMM bound measured in the same run.
+
+Missing files leave their rows out (stated under the table). Run:
+``python bench/local_rules_tables.py --dir /work/runs/r_local/repro --bench PATH``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+#: Published figures (docs/results/local_rules.md cites where each comes from).
+ANCHORS: Dict[str, Dict[int, str]] = {
+    "ib_n8": {1: "≈74 (MNIST)", 5: "≈88 (MNIST)", 25: "91–92 (MNIST)"},
+    "bp": {5: "≈87.5 (F-MNIST, HSIC paper's backprop)", 25: "≈97.5 (MNIST, IB-Hebbian paper)"},
+    "hsic": {5: "≈86.5 (F-MNIST)"},
+}
+LABELS = {"ib_n8": "IB-Hebbian, exact signal, N = 8", "bp": "backprop (AdamW 1e-3, batch 6)",
+          "hsic": "HSIC bottleneck (3x256, heads formatted online)"}
+
+
+def mean_sd(values: Sequence[float]) -> str:
+    """``"71.61 ± 0.67 (3)"``: percent, sample sd, number of seeds."""
+    m = 100 * statistics.fmean(values)
+    sd = 100 * statistics.stdev(values) if len(values) > 1 else float("nan")
+    return f"{m:.2f} ± {sd:.2f} ({len(values)})"
+
+
+def load(path: Path) -> Optional[dict]:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def accuracy_table(folder: Path, epochs: Sequence[int] = (1, 5, 25)) -> str:
+    """Accuracy after ``epochs`` of the runs in ``folder``, with the anchors beside them."""
+    head = "| rule | " + " | ".join(f"epoch {e}: toolkit | epoch {e}: paper" for e in epochs)
+    rows = [head + " |", "|---" * (1 + 2 * len(epochs)) + "|"]
+    for name, label in LABELS.items():
+        data = load(folder / f"{name}.json")
+        if data is None:
+            continue
+        cells = []
+        for e in epochs:
+            got = mean_sd(data["epochs"][e - 1]["acc"]) if len(data["epochs"]) >= e else "not run"
+            cells += [got, ANCHORS[name].get(e, "—")]
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def window_table(folder: Path) -> str:
+    """Test accuracy after epoch 1 for every window N run."""
+    found = []
+    for path in folder.glob("ib_n*.json"):
+        m = re.fullmatch(r"ib_n(\d+)\.json", path.name)
+        data = load(path)
+        if m and data and data["epochs"]:
+            found.append((int(m.group(1)), data["epochs"][0]))
+    rows = [("| window N | test accuracy after epoch 1 (%) | wall seconds, 3 seeds (load varied: not a "
+            "speed figure) |"),
+            "|---|---|---|"]
+    for n, ep in sorted(found):
+        rows.append(f"| {n} | {mean_sd(ep['acc'])} | {ep['seconds']:.0f} |")
+    return "\n".join(rows)
+
+
+def speed_table(paths: List[Path]) -> str:
+    """Samples per second against the GEMM bound, one row per bench file."""
+    rows = ["| variant | samples/s | GEMM bound | GEMM + fused AdamW floor | fraction of GEMM bound |",
+            "|---|---|---|---|---|"]
+    for path in paths:
+        data = json.loads(path.read_text())
+        sps = data["samples_per_second"]
+        rows.append(f"| single-stream rule (`models.Net`, autograd) | {sps['rule']:.0f} | — | — | — |")
+        for s in ("streams S=1", "streams S=32"):
+            bound, floor = data["gemm_bound"][s], data["gemm_adamw_floor"][s]
+            rows.append(f"| {s} | {sps[s]:.0f} | {bound:.0f} | {floor:.0f} | "
+                        f"{sps[s] / bound:.2f} |")
+        m = data["machine"]
+        rows.append(f"\nMachine: {m['cpu']}, {m['cores']} cores, {m['threads']} thread, torch "
+                    f"{m['torch']}, load average during the run {m['loadavg_1_5_15']}.")
+    return "\n".join(rows)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dir", type=Path, required=True, help="folder of the repro JSON files")
+    ap.add_argument("--bench", type=Path, action="append", default=[],
+                    help="bench_local_rules JSON file(s)")
+    args = ap.parse_args(argv)
+    print("### Single task, Fashion-MNIST\n")
+    print(accuracy_table(args.dir))
+    print("\n### Window sweep\n")
+    print(window_table(args.dir))
+    if args.bench:
+        print("\n### Speed\n")
+        print(speed_table(args.bench))
+
+
+if __name__ == "__main__":
+    main()
