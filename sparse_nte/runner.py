@@ -8,7 +8,10 @@ bottom.
         (or tasks 0..i if cumul), each epoch on the rows the selection keeps; learner.on_task_end
         evaluate the tasks the metrics need (eval_tasks: 0..i+1, or every task) ──► row i of the
         accuracy matrix R, with the activity statistics recorded in the same pass
-        record stats, write a checkpoint (atomically)
+        record stats (among them the task's training and evaluation time, wall-clock seconds
+        train_s / eval_s, and the process's CPU seconds train_cpu_s / eval_cpu_s, summed over its
+        threads: on a shared machine they leave out the waits for a core), write a checkpoint
+        (atomically)
     metrics from the trained rows ──► <results>/<folder>/seed<k>.pkl (atomically), checkpoint removed
 
 Identity: the stored result or checkpoint of a trial is reused only if its configuration is the
@@ -314,7 +317,7 @@ def run_trial(config: Any, results_dir: os.PathLike = "results", *, folder: Opti
     trained = start_task
     for i in tqdm(range(start_task, num_tasks), desc=f"{exp} seed {seed}", initial=start_task,
                   total=num_tasks, disable=not progress):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         ctx = TaskContext(task=i, num_tasks=num_tasks, scenario=scenario, model=model, device=device,
                           seed=seed, steps=steps[i], epochs=epochs[i],
                           batch_size=config.mb_size, train_order=config.train_order)
@@ -324,14 +327,15 @@ def run_trial(config: Any, results_dir: os.PathLike = "results", *, folder: Opti
             diverged = exc
             log(f"[{exp} seed {seed}] {exc}")
             break
-        t_train = time.perf_counter() - t0
+        t_train, c_train = time.perf_counter() - t0, time.process_time() - c0
         linearized = isinstance(model, LinearizedNetwork)   # its own layers have no activity
         row = _evaluate_row(model, scenario, i, eval_spec, seed, device,
                             record=config.record_stats and not linearized)
         for j, a in row.accuracy.items():
             acc[i, j] = a
-        t_eval = time.perf_counter() - t0 - t_train
+        t_eval, c_eval = time.perf_counter() - t0 - t_train, time.process_time() - c0 - c_train
         task_stats = {"task": i, "train_s": t_train, "eval_s": t_eval,
+                      "train_cpu_s": c_train, "eval_cpu_s": c_eval,
                       "eval_examples": dict(row.examples), **train_info, **learner.stats()}
         if config.record_stats:
             net = model.net if linearized else model
