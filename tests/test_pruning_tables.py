@@ -111,3 +111,25 @@ def test_trials_are_read_as_the_runner_writes_them(tmp_path):
     assert t.train_cpu == pytest.approx(sum(p["train_cpu_s"] for p in per_task))
     assert t.acc == pytest.approx(100 * result["metrics"]["avg_acc"])
     assert t.la == pytest.approx(100 * result["metrics"]["learning_acc"])
+
+
+def test_experiments_without_results_are_shown_as_not_run_not_dropped():
+    exps = every_experiment()
+    for p in pt.RATES:
+        name = pt._name("ucb", p)
+        exps[name] = pt.Experiment(name, {}, [], not_run=[0, 1, 2])
+    table = pt.main_table(exps)
+    rows = {tuple(cells(r)[:2]): cells(r) for r in table.splitlines() if r.startswith("| ")}
+    assert rows[("UCB (dynamic)", "0.5")][2:4] == ["0 (not run)", "–"]
+    assert "Not run (no result file): prune_ucb_p30 (seeds 0, 1, 2)" in table
+    claims = {cells(r)[0]: cells(r)[1:] for r in pt.claims_table(exps).splitlines()[2:]}
+    assert claims["UCB − uniform"] == ["–"] * 3 and claims["full data − UCB"] == ["–"] * 3
+    # the best dynamic method is chosen among those with results: ε-greedy (81 - p/10) here
+    assert claims["best dynamic − best static"] == ["2.0 ± 0.0 (3/3)"] * 3
+    # no results at all on one side: no comparison, no error
+    for m in pt.STATIC:
+        for p in pt.RATES:
+            exps[pt._name(m, p)] = pt.Experiment(pt._name(m, p), {}, [], not_run=[0])
+    claims = {cells(r)[0]: cells(r)[1:] for r in pt.claims_table(exps).splitlines()[2:]}
+    assert claims["best dynamic − best static"] == ["–"] * 3
+    assert claims["best dynamic / best static (by mean ACC)"][0] == "ε-greedy (dynamic) / –"

@@ -38,7 +38,7 @@ import math
 import re
 import statistics
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -62,10 +62,8 @@ FORGETTING_STUDIES = (("pruning_forgetting_dense", "dense ReLU, SGD"),
                       ("pruning_forgetting_replay", "dense ReLU, SGD + replay (1000 examples)"))
 #: Shipped experiments, short versions: (experiment, the overrides that shorten it).
 SHIPPED: Tuple[Tuple[str, Dict[str, str]], ...] = (
-    ("quickstart", {}),
-    ("sfmnist_task", {}),
-    ("pmnist_kwta_dale", {"dataset": "fashion_mnist", "num_batch": "3", "train_subset": "20000",
-                          "train_ep": "2", "train_ep_inc": "2"}),
+    ("quickstart", {"train_subset": "5000"}),
+    ("sfmnist_task", {"train_subset": "4000"}),
 )
 UCB_HALF = {"data_pruning": "ucb", "data_prune_rate": "0.5"}
 SHIPPED_SEEDS = (0, 1, 2)
@@ -102,6 +100,8 @@ class Experiment:
     name: str
     trials: Dict[int, Trial]
     problems: List[str]
+    #: Seeds of the experiment with no result file (never run, or not yet).
+    not_run: List[int] = field(default_factory=list)
 
 
 def _experiments(results) -> Dict[str, Experiment]:
@@ -109,8 +109,9 @@ def _experiments(results) -> Dict[str, Experiment]:
     for e in results.experiments:
         done = {t.seed: _trial(t) for t in e.done()}
         problems = [f"{e.experiment} seed {t.seed}: {t.status}" + (f" ({t.note})" if t.note else "")
-                    for t in e.trials if t.status != "done"]
-        out[e.experiment] = Experiment(e.experiment, done, problems)
+                    for t in e.trials if t.status not in ("done", "not run")]
+        not_run = sorted(t.seed for t in e.trials if t.status == "not run")
+        out[e.experiment] = Experiment(e.experiment, done, problems, not_run)
     return out
 
 
@@ -152,9 +153,19 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def _problems(exps: Mapping[str, Experiment]) -> str:
-    probs = [p for e in exps.values() for p in e.problems]
-    return ("\n\nNot in the means: " + "; ".join(probs) + ".") if probs else ""
+def _problems(exps: Sequence[Experiment]) -> str:
+    """What the means leave out: trials that ended other than done (with their status), and
+    trials that have no result file (not run)."""
+    probs = [p for e in exps for p in e.problems]
+    missing = [f"{e.name} (seeds {', '.join(map(str, e.not_run))})" for e in exps if e.not_run]
+    out = ("\n\nNot in the means: " + "; ".join(probs) + ".") if probs else ""
+    if missing:
+        out += "\n\nNot run (no result file): " + "; ".join(missing) + "."
+    return out
+
+
+def _seeds(e: Experiment) -> str:
+    return str(len(e.trials)) if e.trials else "0 (not run)"
 
 
 def _name(method: str, rate: Optional[int]) -> str:
@@ -173,7 +184,7 @@ def main_table(exps: Mapping[str, Experiment]) -> str:
     for method, p in order:
         e = exps[_name(method, p)]
         ratio = paired(e, full, lambda t: t.train_cpu, lambda a, b: a / b)
-        rows.append([LABELS[method], "–" if p is None else f"0.{p // 10}", str(len(e.trials)),
+        rows.append([LABELS[method], "–" if p is None else f"0.{p // 10}", _seeds(e),
                      mean_sd(_values(e, lambda t: t.acc)),
                      mean_sd(_values(e, lambda t: t.forgetting)),
                      mean_sd(_values(e, lambda t: t.la)),
@@ -181,13 +192,26 @@ def main_table(exps: Mapping[str, Experiment]) -> str:
                      if e.trials else "–",
                      mean_sd(_values(e, lambda t: t.train_cpu)),
                      mean_sd(ratio, 2), mean_sd(_values(e, lambda t: t.train_wall))])
-    return _table(header, rows) + _problems(exps)
+    return _table(header, rows) + _problems(list(exps.values()))
 
 
-def _best(exps: Mapping[str, Experiment], methods: Sequence[str], p: int) -> str:
+def _best(exps: Mapping[str, Experiment], methods: Sequence[str], p: int) -> Optional[str]:
+    """The method with the highest mean ACC at rate ``p`` among those that have results, or
+    None if none has."""
     scored = [(statistics.fmean(_values(exps[_name(m, p)], lambda t: t.acc)), m)
               for m in methods if exps[_name(m, p)].trials]
-    return max(scored)[1]
+    return max(scored)[1] if scored else None
+
+
+def _best_pair(exps: Mapping[str, Experiment], p: int) -> List[float]:
+    dyn, sta = _best(exps, DYNAMIC, p), _best(exps, STATIC, p)
+    if dyn is None or sta is None:
+        return []
+    return paired(exps[_name(dyn, p)], exps[_name(sta, p)], lambda t: t.acc, lambda a, b: a - b)
+
+
+def _label(method: Optional[str]) -> str:
+    return "–" if method is None else LABELS[method]
 
 
 def claims_table(exps: Mapping[str, Experiment]) -> str:
@@ -201,8 +225,7 @@ def claims_table(exps: Mapping[str, Experiment]) -> str:
         ("uniform (dynamic) − random (static)",
          lambda p: paired(exps[_name("uniform", p)], exps[_name("random_static", p)], acc, minus)),
         ("best dynamic − best static",
-         lambda p: paired(exps[_name(_best(exps, DYNAMIC, p), p)],
-                          exps[_name(_best(exps, STATIC, p), p)], acc, minus)),
+         lambda p: _best_pair(exps, p)),
         ("full data − UCB", lambda p: paired(exps["prune_full"], exps[_name("ucb", p)], acc,
                                              minus)),
         ("full data − uniform", lambda p: paired(exps["prune_full"], exps[_name("uniform", p)],
@@ -211,14 +234,14 @@ def claims_table(exps: Mapping[str, Experiment]) -> str:
     header = ["ACC difference, points (seeds > 0)"] + [f"p = 0.{p // 10}" for p in RATES]
     rows = [[label] + [diff_text(fn(p)) for p in RATES] for label, fn in comparisons]
     best = ["best dynamic / best static (by mean ACC)"] + [
-        f"{LABELS[_best(exps, DYNAMIC, p)]} / {LABELS[_best(exps, STATIC, p)]}" for p in RATES]
+        f"{_label(_best(exps, DYNAMIC, p))} / {_label(_best(exps, STATIC, p))}" for p in RATES]
     return _table(header, rows + [best])
 
 
 def forgetting_table(results_dir: Path) -> str:
     header = ["network and rule", "selection", "seeds", "ACC %", "F (points)", "LA %",
               "F − F(full), points (seeds > 0)", "CPU time / full"]
-    rows, problems = [], []
+    rows, seen = [], []
     for study, label in FORGETTING_STUDIES:
         exps = study_experiments(study, results_dir)
         full = exps["prune_full"]
@@ -227,21 +250,25 @@ def forgetting_table(results_dir: Path) -> str:
             e = exps[name]
             df = paired(e, full, lambda t: t.forgetting, lambda a, b: a - b)
             ratio = paired(e, full, lambda t: t.train_cpu, lambda a, b: a / b)
-            rows.append([label if name == "prune_full" else "", sel, str(len(e.trials)),
+            rows.append([label if name == "prune_full" else "", sel, _seeds(e),
                          mean_sd(_values(e, lambda t: t.acc)),
                          mean_sd(_values(e, lambda t: t.forgetting)),
                          mean_sd(_values(e, lambda t: t.la)),
                          "–" if name == "prune_full" else diff_text(df),
                          "–" if name == "prune_full" else mean_sd(ratio, 2)])
-        problems += [p for e in exps.values() for p in e.problems]
-    tail = ("\n\nNot in the means: " + "; ".join(problems) + ".") if problems else ""
-    return _table(header, rows) + tail
+        seen += [Experiment(f"{study}: {e.name}", e.trials, e.problems, e.not_run)
+                 for e in exps.values()]
+    return _table(header, rows) + _problems(seen)
+
+
+def _times(ratios: Sequence[float]) -> str:
+    return mean_sd(ratios, 2) + "x" if ratios else "–"
 
 
 def shipped_table(results_dir: Path) -> str:
     header = ["experiment (short version)", "seeds", "train CPU s, full", "train CPU s, UCB p = 0.5",
               "speed-up (CPU)", "speed-up (wall)", "examples used", "ACC % full / UCB"]
-    rows, problems = [], []
+    rows, seen = [], []
     for exp, short in SHIPPED:
         base = _experiments(collect(results_dir, adhoc_study(CONFIG, [exp], short,
                                                              SHIPPED_SEEDS)))[exp]
@@ -250,17 +277,17 @@ def shipped_table(results_dir: Path) -> str:
         cpu = paired(base, pruned, lambda t: t.train_cpu, lambda a, b: a / b)
         wall = paired(base, pruned, lambda t: t.train_wall, lambda a, b: a / b)
         sets = " ".join(f"{k}={v}" for k, v in short.items())
-        rows.append([f"{exp}" + (f" ({sets})" if sets else ""), str(len(cpu)),
+        rows.append([f"{exp}" + (f" ({sets})" if sets else ""), str(len(cpu)) if cpu else "0 (not run)",
                      mean_sd(_values(base, lambda t: t.train_cpu)),
                      mean_sd(_values(pruned, lambda t: t.train_cpu)),
-                     mean_sd(cpu, 2) + "x", mean_sd(wall, 2) + "x",
+                     _times(cpu), _times(wall),
                      f"{statistics.fmean(_values(pruned, lambda t: t.data_fraction)):.2f}"
                      if pruned.trials else "–",
                      f"{mean_sd(_values(base, lambda t: t.acc))} / "
                      f"{mean_sd(_values(pruned, lambda t: t.acc))}"])
-        problems += base.problems + pruned.problems
-    tail = ("\n\nNot in the means: " + "; ".join(problems) + ".") if problems else ""
-    return _table(header, rows) + tail
+        seen += [Experiment(f"{exp}", base.trials, base.problems, base.not_run),
+                 Experiment(f"{exp} + UCB p = 0.5", pruned.trials, pruned.problems, pruned.not_run)]
+    return _table(header, rows) + _problems(seen)
 
 
 def bench_table(path: Path) -> str:
