@@ -256,8 +256,8 @@ def forgetting_table(results_dir: Path) -> str:
                          mean_sd(_values(e, lambda t: t.la)),
                          "–" if name == "prune_full" else diff_text(df),
                          "–" if name == "prune_full" else mean_sd(ratio, 2)])
-        seen += [Experiment(f"{study}: {e.name}", e.trials, e.problems, e.not_run)
-                 for e in exps.values()]
+        seen += [Experiment(f"{study}: {e.name}", e.trials, [f"{study}: {p}" for p in e.problems],
+                            e.not_run) for e in exps.values()]
     return _table(header, rows) + _problems(seen)
 
 
