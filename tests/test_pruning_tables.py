@@ -85,6 +85,9 @@ def test_tables_are_rewritten_between_their_markers_only():
     assert new == ("intro\n<!-- table:a -->\n| new |\n<!-- /table:a -->\nmiddle\n"
                    "<!-- table:b -->\nB\n<!-- /table:b -->\nend\n")
     assert pt.replace_tables(new, {"a": "| new |"}) == new
+    # a new page's markers enclose nothing yet
+    assert pt.replace_tables("<!-- table:a -->\n<!-- /table:a -->\n", {"a": "T"}) == \
+        "<!-- table:a -->\nT\n<!-- /table:a -->\n"
     with pytest.raises(ValueError, match="table:c"):
         pt.replace_tables(doc, {"c": "x"})
 

@@ -349,12 +349,12 @@ def replace_tables(text: str, new: Mapping[str, str]) -> str:
     """``text`` with what lies between each ``<!-- table:NAME -->`` / ``<!-- /table:NAME -->``
     pair replaced by ``new[NAME]``; a name without its markers is a ValueError."""
     for name, body in new.items():
-        pattern = re.compile(rf"(<!-- table:{re.escape(name)} -->\n).*?(\n<!-- /table:"
+        pattern = re.compile(rf"(<!-- table:{re.escape(name)} -->\n)(?:.*?\n)?(<!-- /table:"
                              rf"{re.escape(name)} -->)", re.S)
         if not pattern.search(text):
             raise ValueError(f"the doc has no <!-- table:{name} --> ... <!-- /table:{name} --> "
                              f"markers")
-        text = pattern.sub(lambda m: m.group(1) + body + m.group(2), text)
+        text = pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
     return text
 
 
