@@ -25,8 +25,10 @@ Architectures (as the original project's SimpleMLP / SimpleCNN; Pervasive-AI-Lab
                               location) in conv layers, ReLU -> KWinners in fc layers
 
 A hidden layer is a ``SparseWeights``/``SparseWeights2d`` whenever its weights are constrained
-(density < 1 or Dale's law), else the plain torch layer. Heads are dense ``nn.Linear``
-(``SparseWeights`` with sparsity 0 under Dale's law).
+(density < 1 or Dale's law), else the plain torch layer. Heads are dense ``nn.Linear`` (as the
+original) unless ``weight_sparsity_head < 1`` (a ``SparseWeights`` keeping ``round(d * fan_in)``
+random inputs per output unit, masks drawn after the hidden layers' so that those do not change)
+or Dale's law (a ``SparseWeights``, with sparsity 0 unless ``weight_sparsity_head < 1``).
 
 Differences from the original, each deliberate:
 
@@ -177,8 +179,9 @@ class Net(nn.Module):
         last = plans[-1]
         head_sign = unit_signs[-1] if unit_signs else None
         self.heads = nn.ModuleList(
-            self._make_layer(_LayerPlan(False, last.n_out, head_size, 1, 1.0, 1.0, False),
-                             head_sign, gen, where=f"head {k}")
+            self._make_layer(_LayerPlan(False, last.n_out, head_size, 1, spec.weight_sparsity_head,
+                                        1.0, False),
+                             head_sign, gen, where=f"head {k}", key="weight_sparsity_head")
             for k in range(num_heads))
 
     # -- construction ---------------------------------------------------------------------------
@@ -192,7 +195,8 @@ class Net(nn.Module):
                 for i in range(spec.hidden_layers)]
 
     def _make_layer(self, plan: _LayerPlan, pre_sign: Optional[torch.Tensor],
-                    gen: dict[str, torch.Generator], where: str) -> nn.Module:
+                    gen: dict[str, torch.Generator], where: str,
+                    key: Optional[str] = None) -> nn.Module:
         if plan.conv:
             module = skip_init(nn.Conv2d, plan.n_in, plan.n_out, CONV_KERNEL)
         else:
@@ -202,7 +206,7 @@ class Net(nn.Module):
             return module
         fan_in = module.weight[0].numel()
         if round(plan.density * fan_in) < 1:
-            key = "weight_sparsity_conv" if plan.conv else "weight_sparsity_fc"
+            key = key or ("weight_sparsity_conv" if plan.conv else "weight_sparsity_fc")
             raise ValueError(f"build_model: {key}={plan.density} keeps round({plan.density} * "
                              f"{fan_in}) = 0 of the {fan_in} inputs of each unit of {where}; "
                              f"it must be at least {0.5 / fan_in:.3g}")

@@ -33,6 +33,8 @@ class NetSpec:
             settings, as in nupic.torch's KWinners.
         weight_sparsity_fc, weight_sparsity_conv: DENSITY (fraction of non-zero weights kept)
             of hidden fc / conv layers, in (0, 1]; 1.0 = dense (the original project's meaning).
+        weight_sparsity_head: density of the output heads, in (0, 1]; 1.0 = dense (as the
+            original). Optional key, 1.0 when absent.
         seed: seeds masks, signs and initial weights (the global torch RNG is not used).
         dale: Dale's law on (every unit has a fixed sign on all its outgoing weights).
         exc_fraction: fraction of excitatory units per layer, in [0, 1].
@@ -75,6 +77,7 @@ class NetSpec:
     dropout_draws: str = SCHEMA["dropout_draws"].default
     conv_layers: int = SCHEMA["conv_layers"].default
     layer_norm: bool = SCHEMA["layer_norm"].default
+    weight_sparsity_head: float = SCHEMA["weight_sparsity_head"].default
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -101,7 +104,7 @@ class NetSpec:
 MODEL_KEYS: tuple[str, ...] = tuple(f.name for f in fields(NetSpec))
 #: Model keys added after the first release: a plain mapping without them (written for an
 #: earlier version) gets their schema default.
-ADDED_KEYS: tuple[str, ...] = ("dropout_draws", "conv_layers", "layer_norm")
+ADDED_KEYS: tuple[str, ...] = ("dropout_draws", "conv_layers", "layer_norm", "weight_sparsity_head")
 
 
 def _check(name: str, value: Any) -> None:

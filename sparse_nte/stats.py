@@ -16,6 +16,14 @@ presynaptic signs::
     dead             = #{not M and W == 0} / #{not M}    (allowed synapses at exactly zero)
     dead_exc, dead_inh: the same among synapses from excitatory / inhibitory units
 
+:func:`connectivity` (stored by the runner after EVERY task, whatever ``record_stats`` says, so
+a run whose densities change, e.g. ``plasticity = grow``, records what they were at each task)
+keeps only the two densities, per weight layer and over all weight layers of the model (hidden
+layers and heads)::
+
+    mask_density    = sum_l #{not M_l} / sum_l |W_l|
+    nonzero_density = sum_l #{W_l != 0} / sum_l |W_l|
+
 Duty-cycle entropy of k-WTA layers (Ahmad & Scheinkman 2019): ``sum_i H(d_i)`` in bits over the
 ``n`` units of one example, with its maximum ``n H(w/n)`` reached when every unit is active
 equally often, ``w`` the winners per example in training. For a ``KWinners2d`` ``n = C*H*W`` (as
@@ -43,6 +51,7 @@ from sparse_nte.layers import KWinnersBase, SparseWeightsBase
 __all__ = [
     "weight_layers",
     "layer_stats",
+    "connectivity",
     "sign_violations",
     "mask_violations",
     "kwinners_entropy",
@@ -107,6 +116,35 @@ def layer_stats(model: nn.Module) -> dict[str, dict[str, Any]]:
     num_inh, dead_exc, dead_inh (None otherwise, or when a fraction has no synapse to count)."""
     with torch.no_grad():
         return {name: _one_layer(layer) for name, layer in weight_layers(model)}
+
+
+def connectivity(model: nn.Module) -> dict[str, Any]:
+    """Mask and non-zero densities of every weight layer and of the whole model (module
+    docstring): ``{"mask_density", "nonzero_density", "num_weights", "layers": {name:
+    {"mask_density", "nonzero_density", "num_weights"}}}``; ``num_weights`` counts all positions,
+    masked or not. Read from the stored weights, without applying the constraints."""
+    layers: dict[str, dict[str, Any]] = {}
+    allowed_total = nonzero_total = size_total = 0
+    with torch.no_grad():
+        for name, layer in weight_layers(model):
+            if isinstance(layer, SparseWeightsBase):
+                w, mask = layer.module.weight.detach(), layer.zero_mask
+            else:
+                w, mask = layer.weight.detach(), None
+            n = w.numel()
+            allowed = n if mask is None else n - int(mask.sum())
+            nonzero = int((w != 0).sum())
+            layers[name] = {"mask_density": allowed / n, "nonzero_density": nonzero / n,
+                            "num_weights": n}
+            allowed_total += allowed
+            nonzero_total += nonzero
+            size_total += n
+    if not size_total:
+        raise ValueError(f"connectivity: {type(model).__name__} has no weight layer "
+                         f"(nn.Linear, nn.Conv2d or sparse_nte SparseWeights)")
+    return {"mask_density": allowed_total / size_total,
+            "nonzero_density": nonzero_total / size_total,
+            "num_weights": size_total, "layers": layers}
 
 
 def sign_violations(model: nn.Module) -> int:

@@ -330,6 +330,7 @@ def test_inconsistent_combinations(tmp_path, body, key, fragment):
     ("num_batch = 1\ntrain_ep_inc = 3", "train_ep_inc", "single task"),
     ("weight_sparsity_fc = 0.2\nplasticity = set\ngrow_init_scale = 0.1", "grow_init_scale",
      "optimizer = nte"),
+    ("weight_sparsity_fc = 0.2\ngrow_init_scale = 0.1", "grow_init_scale", "no weight is grown"),
     ("erk = true", "erk", "starts dense"),
     ("sparse_exec = on", "sparse_exec", "no SparseWeights fc layer"),
     ("optimizer = nte\nplasticity = nte_prune\nweight_sparsity_fc = 0.5\nnte_prune_z = 3", "nte_prune_z",
@@ -345,6 +346,19 @@ def test_non_default_value_of_a_disabled_feature_is_an_error(tmp_path, body, key
     shared = [line for line in lines if line.split("=")[0].strip() == key]
     own = [line for line in lines if line not in shared]
     assert one(tmp_path, "\n".join(own) + "\n", default_body=shared[0] + "\n")[key] != SCHEMA[key].default
+
+
+@pytest.mark.parametrize("body", [
+    "plasticity = grow\ngrow_init_scale = 0.01",                 # every optimizer, sgd included
+    "plasticity = grow\noptimizer = adam\ngrow_init_scale = 0.01",
+    "weight_sparsity_head = 0.1\nsparse_exec = on",              # the sparse heads run on it
+    "weight_sparsity_head = 0.1\nsparse_init = fan_in",          # and are initialised by it
+])
+def test_keys_that_act_through_growth_or_sparse_heads_are_accepted(tmp_path, body):
+    cfg = one(tmp_path, body + "\n")
+    for line in body.split("\n"):
+        k, v = (part.strip() for part in line.split("="))
+        assert str(cfg[k]) == v
 
 
 def test_relation_error_points_at_the_value_given_last(tmp_path):

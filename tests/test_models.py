@@ -3,7 +3,6 @@ activity measured before dropout, determinism, and Dale's law / mask invariants 
 import math
 import pickle
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import pytest
@@ -45,7 +44,8 @@ def config(**overrides):
                percent_on_fc=0.25, percent_on_conv=0.5, k_inference_factor=1.5, boost_strength=1.0,
                boost_strength_factor=0.9, duty_cycle_period=1000, weight_sparsity_fc=1.0,
                weight_sparsity_conv=1.0, seed=0, dale=False, exc_fraction=0.8, dale_input=False,
-               dale_kwta="include", sparse_exec="auto", sparse_init="torch")
+               dale_kwta="include", sparse_exec="auto", sparse_init="torch",
+               weight_sparsity_head=1.0)
     unknown = set(overrides) - set(cfg)
     assert not unknown, unknown
     cfg.update(overrides)
@@ -190,6 +190,38 @@ def test_cnn_rejects_inputs_too_small_for_two_valid_convolutions():
 def test_density_that_keeps_no_weight_is_rejected():
     with pytest.raises(ValueError, match="weight_sparsity_fc"):
         build_model(config(weight_sparsity_fc=1e-4), FakeScenario())
+    with pytest.raises(ValueError, match="weight_sparsity_head=0.01 keeps round.*head 0"):
+        build_model(config(weight_sparsity_head=0.01), FakeScenario())   # fan_in 32
+
+
+# -- output heads' density ---------------------------------------------------------------------
+@pytest.mark.parametrize("dale", [False, True])
+@pytest.mark.parametrize("cnn", [False, True])
+def test_sparse_heads_keep_round_d_fan_in_inputs_and_leave_the_hidden_layers_unchanged(dale, cnn):
+    sc = FakeScenario(setting="task", num_tasks=3, input_shape=(1, 12, 12))
+    base = config(cnn=cnn, dale=dale, weight_sparsity_fc=0.5, weight_sparsity_conv=0.5,
+                  hidden_units=40, sparsify=True)
+    dense, sparse = build_model(base, sc), build_model(dict(base, weight_sparsity_head=0.1), sc)
+    # the hidden layers (masks, signs, weights) do not depend on the heads' density
+    ds, ss = dense.state_dict(), sparse.state_dict()
+    for k in ds:
+        if k.startswith("blocks."):
+            assert torch.equal(ds[k], ss[k]) if torch.is_tensor(ds[k]) else ds[k] == ss[k], k
+    assert not dale or all(isinstance(h, SparseWeights) and h.sparsity == 0 for h in dense.heads)
+    assert dale or all(type(h) is nn.Linear for h in dense.heads)
+    masks = []
+    for head in sparse.heads:
+        assert isinstance(head, SparseWeights)
+        live = ~head.zero_mask
+        assert torch.equal(live.sum(1), torch.full((2,), 4))    # round(0.1 * 40) per output unit
+        assert int((head.weight.detach()[head.zero_mask] != 0).sum()) == 0
+        masks.append(head.zero_mask)
+    assert not torch.equal(masks[0], masks[1])                # one mask per head
+    if dale:   # every head weight keeps its presynaptic unit's sign
+        sign = sparse.unit_signs()[-1]
+        for head in sparse.heads:
+            assert torch.equal(head.dale_sign, sign)
+            assert int((head.weight.detach() * sign < 0).sum()) == 0
 
 
 # -- config ------------------------------------------------------------------------------------
@@ -380,14 +412,15 @@ def test_recording_is_scoped_and_not_nested():
 @given(cnn=st.booleans(), kind=st.sampled_from(["sgd", "adam"]), hook=st.booleans(),
        density=st.sampled_from([1.0, 0.5, 0.2]), dale_input=st.booleans(),
        kwta=st.sampled_from(["include", "exclude"]), sparsify=st.booleans(),
-       seed=st.integers(0, 1000))
+       head=st.sampled_from([1.0, 0.3]), seed=st.integers(0, 1000))
 def test_invariants_hold_under_random_training(cnn, kind, hook, density, dale_input, kwta,
-                                                sparsify, seed):
+                                                sparsify, head, seed):
     sc = FakeScenario(setting="task", num_tasks=2, input_shape=(2, 10, 10))
     model = build_model(config(cnn=cnn, dale=True, dale_input=dale_input, dale_kwta=kwta,
                                sparsify=sparsify, weight_sparsity_fc=density,
                                weight_sparsity_conv=density, hidden_layers=2, hidden_units=24,
-                               dropout=0.2, seed=seed), sc)
+                               dropout=0.2, weight_sparsity_head=head, seed=seed), sc)
+    assert all(h.sparsity == pytest.approx(1 - head) for h in model.heads)
     layers = [m for m in model.modules() if isinstance(m, SparseWeightsBase)]
     masks = [m.zero_mask.clone() for m in layers]
     if kind == "sgd":

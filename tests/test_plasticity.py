@@ -583,13 +583,10 @@ def test_growth_freezes_old_connections_across_a_task(opt_name, dale):
             assert int(owner.max()) == task
             new = owner == task
             w = l.weight.detach()
-            if task > 0:
-                if opt_name in ("expgrad", "nte"):
-                    s = l.sign_tensor() if dale else torch.sign(w)
-                    torch.testing.assert_close(w[new].abs(), torch.full_like(w[new], 1e-3))
-                    assert bool((w[new] * s.expand_as(w)[new] > 0).all())
-                else:
-                    assert bool((w[new] == 0).all())
+            if task > 0:   # every optimizer: grown weights start at sign * init_scale
+                torch.testing.assert_close(w[new].abs(), torch.full_like(w[new], 1e-3))
+                if dale:
+                    assert bool((w[new] * l.sign_tensor().expand_as(w)[new] > 0).all())
         old = {name: (sched.owner[name] >= 0) & (sched.owner[name] < task) for name, _ in layers}
         frozen = {name: l.weight.detach()[old[name]].clone() for name, l in layers}
         new_before = {name: l.weight.detach()[sched.owner[name] == task].clone() for name, l in layers}
@@ -598,6 +595,66 @@ def test_growth_freezes_old_connections_across_a_task(opt_name, dale):
             assert torch.equal(l.weight.detach()[old[name]], frozen[name])           # frozen
             assert not torch.equal(l.weight.detach()[sched.owner[name] == task], new_before[name])
     assert [h["task"] for h in sched.history] == [0, 0, 1, 1, 2, 2]
+
+
+@pytest.mark.parametrize("opt_name", ["sgd", "adam"])
+def test_grown_weights_into_units_that_never_win_stay_live_under_additive_optimizers(opt_name):
+    """The defect growth had under SGD: a weight grown at 0 into a hidden unit that never wins
+    its k-WTA gets no gradient and stays 0 for ever, so the mask counts a connection the network
+    does not have. Grown weights now start at +-init_scale (random signs without Dale's law) and
+    the history reports the non-zero density beside the mask density."""
+    torch.manual_seed(0)
+    layer = linear(40, 30, 0.1, seed=3)
+    silent = torch.arange(30) >= 2        # only units 0 and 1 can ever win (k = 1)
+
+    class OnlyTwoCompete(nn.Module):
+        def forward(self, h):
+            h = h.masked_fill(silent, -math.inf)
+            top = h.topk(1, dim=1).indices
+            return torch.zeros_like(h).scatter(1, top, 1.0) * h.masked_fill(silent, 0.0)
+
+    model = nn.Sequential(layer, OnlyTwoCompete(), nn.Linear(30, 3))
+    opt = (torch.optim.SGD(model.parameters(), lr=0.1) if opt_name == "sgd"
+           else torch.optim.Adam(model.parameters(), lr=1e-2))
+    sched = TaskwiseGrowth([("l", layer)], opt, start_density=0.1, end_density=0.5, old_lr=1.0,
+                           steps_per_task=10, num_tasks=2, init_scale=2e-3, seed=1)
+    sched.on_task_start(0)
+    step = run(sched, model, opt, 10, n_in=40)
+    before = live(layer).clone()
+    sched.on_task_start(1)
+    grown = live(layer) & ~before
+    w = rows(layer.weight.detach())
+    assert int(grown.sum()) == 30 * (20 - 4)                         # round(0.5 * 40) - 4 per unit
+    torch.testing.assert_close(w[grown].abs(), torch.full_like(w[grown], 2e-3))
+    assert 0.35 < float((w[grown] > 0).double().mean()) < 0.65       # random signs, both present
+    event = sched.history[-1]
+    assert event["grown"] == int(grown.sum())
+    assert event["nonzero_density"] == float((w != 0).sum()) / w.numel() == event["density"]
+    run(sched, model, opt, 10, step, n_in=40)
+    w = rows(layer.weight.detach())
+    into_silent = grown & silent.unsqueeze(1)
+    # no gradient ever reaches them: they keep their start values exactly, and stay live
+    torch.testing.assert_close(w[into_silent].abs(), torch.full_like(w[into_silent], 2e-3),
+                               rtol=0, atol=0)
+    assert not bool((w[live(layer)] == 0).any())
+
+
+def test_history_reports_the_nonzero_density_below_the_mask_density():
+    layer = linear(10, 6, 0.5, seed=0)
+    with torch.no_grad():
+        layer.module.weight[~layer.zero_mask] = 0.0          # allowed but all at 0
+        layer.module.weight[0, (~layer.zero_mask[0]).nonzero()[0]] = 0.3
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    sched = TaskwiseGrowth([("l", layer)], opt, start_density=0.5, end_density=0.8,
+                           steps_per_task=1, num_tasks=2, init_scale=1e-3)
+    sched.on_task_start(0)
+    sched.after_backward(0)
+    sched.after_step(0)
+    sched.on_task_start(1)
+    grown = sched.history[-1]["grown"]
+    assert grown == 6 * (8 - 5)
+    assert sched.history[-1]["density"] == 0.8
+    assert sched.history[-1]["nonzero_density"] == (1 + grown) / 60
 
 
 def assert_ok(model):
@@ -762,7 +819,7 @@ def test_history_is_plain_builtins_and_runs_are_deterministic():
     h1, m1 = once()
     h2, m2 = once()
     assert h1 == h2 and all(torch.equal(a, b) for a, b in zip(m1, m2))
-    keys = {"schedule", "task", "step", "layer", "pruned", "grown", "density"}
+    keys = {"schedule", "task", "step", "layer", "pruned", "grown", "density", "nonzero_density"}
     for h in h1:
         assert set(h) == keys
         assert all(type(v) in (int, float, str) for v in h.values())
@@ -778,7 +835,7 @@ def test_state_dict_resumes_a_growth_schedule_identically():
 
     model, opt, sched = make()
     sched.on_task_start(0)
-    step = run(sched, model, opt, 10)
+    run(sched, model, opt, 10)
     saved = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()),
              copy.deepcopy(sched.state_dict()))
     for task in (1, 2):

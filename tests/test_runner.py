@@ -370,3 +370,27 @@ def test_strategies_run_in_the_runner_with_their_stats_and_no_violations(tmp_pat
     assert all(s["memory_bytes"] > 0 for s in last["strategy"].values())
     assert last["sign_violations"] == 0 and last["mask_violations"] == 0
     assert np.isfinite(res["metrics"]["avg_acc"])
+
+
+def test_growth_records_the_density_of_every_task_mask_and_nonzero(tmp_path, cfg_file):
+    """plasticity = grow under SGD: the stored config names the STARTING density; every task's
+    densities (mask and non-zero, per layer and over all weights, sparse heads included) are in
+    stats per_task[k]["connectivity"]; grown weights start non-zero, so the two agree."""
+    res = run_trial(config(cfg_file, "tiny", plasticity="grow", grow_start_density=0.2,
+                           grow_end_density=0.6, weight_sparsity_head=0.5),
+                    tmp_path, progress=False, log=lambda m: None)
+    assert res["config"]["weight_sparsity_fc"] == 0.2
+    fan_in, units = 28 * 28, 64
+    for k, (task, d) in enumerate(zip(res["stats"]["per_task"], (0.2, 0.4, 0.6))):
+        c = task["connectivity"]
+        hidden = c["layers"]["blocks.0.layer"]
+        assert hidden["mask_density"] == round(d * fan_in) / fan_in, k
+        assert hidden["nonzero_density"] == hidden["mask_density"], k
+        assert c["layers"]["heads.0"]["mask_density"] == 0.5
+        live = round(d * fan_in) * units + 10 * round(0.5 * units)
+        assert c["num_weights"] == fan_in * units + units * 10
+        assert c["mask_density"] == pytest.approx(live / c["num_weights"], rel=0, abs=1e-15)
+        assert task["mask_violations"] == 0
+    events = [h for h in res["stats"]["history"] if h["grown"]]
+    assert [h["task"] for h in events] == [1, 2]
+    assert all(h["nonzero_density"] == h["density"] for h in events)

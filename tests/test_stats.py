@@ -11,6 +11,7 @@ import torch.nn as nn
 from sparse_nte.layers import KWinners, SparseWeights, SparseWeights2d
 from sparse_nte.stats import (
     activity_stats,
+    connectivity,
     finalize,
     kwinners_entropy,
     layer_stats,
@@ -50,6 +51,20 @@ def test_layer_stats_on_known_weights():
     plain = stats["2"]
     assert not plain["dale"] and plain["mask_density"] == 1.0 and plain["exc_fraction"] is None
     assert plain["dead_exc"] is None and plain["sign_violations"] == 0
+
+
+def test_connectivity_counts_mask_and_nonzero_density_per_layer_and_in_total():
+    head = nn.Linear(2, 3)
+    with torch.no_grad():
+        head.weight[0, 0] = 0.0                        # a dense layer's weight at exactly 0
+    model = nn.Sequential(_hand_made(), nn.ReLU(), head)
+    c = connectivity(model)
+    assert c["layers"]["0"] == {"mask_density": 6 / 8, "nonzero_density": 4 / 8, "num_weights": 8}
+    assert c["layers"]["2"] == {"mask_density": 1.0, "nonzero_density": 5 / 6, "num_weights": 6}
+    assert c["num_weights"] == 14
+    assert c["mask_density"] == (6 + 6) / 14 and c["nonzero_density"] == (4 + 5) / 14
+    with pytest.raises(ValueError, match="no weight layer"):
+        connectivity(nn.Sequential(nn.ReLU()))
 
 
 def test_violations_are_counted_on_stored_values_without_repairing_them():

@@ -38,15 +38,22 @@ Rules the schedules keep (and the tests check):
   density changes split the unit's new count between E and I in the unit's current proportion
   (nearest integer). Growth creates only weights of the presynaptic sign, and RigL scores an
   empty position by the gradient that would move it in that sign, ``max(0, -s * g)``.
-* New weights start at 0 under additive optimizers (SGD, Adam) and at ``sign * init_scale``
-  under multiplicative ones (NTE: a weight at exactly 0 can never move multiplicatively).
+* New weights start at ``sign * init_scale`` (``sign`` the presynaptic Dale sign, else a seeded
+  random sign) under multiplicative optimizers (NTE: a weight at exactly 0 can never move
+  multiplicatively) and, for :class:`TaskwiseGrowth`, under every optimizer (a weight grown at 0
+  into a unit that never wins its k-WTA gets no gradient and would stay 0). SET and RigL under
+  additive optimizers (SGD, Adam) start them at 0 (RigL: "initialized to zero", Evci et al.
+  2020, sec. 3).
 * Every change of a layer is one atomic mask update (new weights written, then
   :meth:`~sparse_nte.layers.SparseWeightsBase.set_zero_mask`), followed by
   :func:`sparse_nte.optim_state.reset_positions` for the pruned and grown positions.
   A weight pruned in an event is never regrown in the same event. Ties in a ranking are broken
   at random (seeded), never by position.
 * Every event appends one plain dict per layer to :attr:`PlasticitySchedule.history`:
-  ``{"schedule", "task", "step", "layer", "pruned", "grown", "density"}``.
+  ``{"schedule", "task", "step", "layer", "pruned", "grown", "density", "nonzero_density"}``,
+  ``density`` the mask density (allowed positions / all) and ``nonzero_density`` the fraction
+  of weights not exactly 0 right after the event (at most ``density``). The runner also stores
+  both for every weight layer after every task (``stats["per_task"][k]["connectivity"]``).
 
 The runner drives a schedule with three calls per step and one per task (``step`` = number of
 optimizer steps taken in the whole run before this one, starting at 0)::

@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from sparse_nte.layers import SparseWeightsBase
 from sparse_nte.plasticity.erk import apply_erk
+from sparse_nte.plasticity.masks import nonzero_density
 
 __all__ = ["PlasticitySchedule", "StaticConnectivity", "plastic_layers", "check_interval",
            "check_fraction", "LayerList", "StepsPerTask"]
@@ -73,7 +74,7 @@ class PlasticitySchedule:
             raise ValueError(f"init_scale (grow_init_scale) must be > 0, got {init_scale!r}")
         if optimizer is not None:
             trained = {id(p) for g in optimizer.param_groups for p in g["params"]}
-            missing = [n for n, l in self.layers if id(l.weight_param) not in trained]
+            missing = [n for n, layer in self.layers if id(layer.weight_param) not in trained]
             if missing:
                 raise ValueError(f"{type(self).__name__}: the weights of layers {missing} are not "
                                  f"trained by the given {type(optimizer).__name__}")
@@ -102,9 +103,11 @@ class PlasticitySchedule:
         self.task = task_index
         self._task_origin = None
         if task_index == 0 and self.erk:
+            layers = dict(self.layers)
             for event in apply_erk(self.layers, self.optimizer, self.generator):
                 self.history.append({"schedule": "erk", "task": 0, "step": self._next_step,
-                                     **event})
+                                     **event,
+                                     "nonzero_density": nonzero_density(layers[event["layer"]])})
         self._task_start()
 
     def after_backward(self, step: int) -> None:
@@ -148,9 +151,11 @@ class PlasticitySchedule:
             self._task_origin = step
 
     def _record(self, step: int, name: str, pruned: int, grown: int, density: float) -> None:
+        layer = dict(self.layers)[name]
         self.history.append({"schedule": self.kind, "task": int(self.task), "step": int(step),
                              "layer": name, "pruned": int(pruned), "grown": int(grown),
-                             "density": float(density)})
+                             "density": float(density),
+                             "nonzero_density": nonzero_density(layer)})
 
     def _interval_event(self, step: int, interval: int, end_fraction: float) -> bool:
         done = self.task_step(step) + 1

@@ -28,7 +28,11 @@ class TaskwiseGrowth(PlasticitySchedule):
     At the start of task ``k`` every layer grows, at uniformly random empty positions, to
     density ``d_k = d_start + (d_end - d_start) * k / (num_tasks - 1)`` (at task 0 the layers
     are brought to ``d_start``, pruning by magnitude if they are denser; with ``erk`` the layer
-    densities are the ERK allocation of ``d_k``). ``owner`` records, per
+    densities are the ERK allocation of ``d_k``). Grown weights start at ``s * init_scale``
+    (``grow_init_scale``) under EVERY optimizer, ``s`` the presynaptic unit's Dale sign (a
+    seeded random sign without Dale's law): a weight grown at exactly 0 into a unit that never
+    wins its k-WTA would get no gradient and stay 0, so the mask would count a connection the
+    network does not have. ``owner`` records, per
     layer, the task that created each live connection (-1 = empty), as PackNet's ownership masks
     (Mallya & Lazebnik 2018).
 
@@ -122,7 +126,8 @@ class TaskwiseGrowth(PlasticitySchedule):
         for i, (name, layer) in enumerate(self.layers):
             new_live = resize(layer, densities[i], True, self.generator,
                               allow_drop=self.task == 0)
-            result = commit(layer, self.optimizer, new_live, None, self.init_scale, self.generator)
+            result = commit(layer, self.optimizer, new_live, None, self.init_scale, self.generator,
+                            signed_start=True)
             owner = self.owner[name]
             owner.masked_fill_(layer.zero_mask, -1)
             owner.masked_fill_(~layer.zero_mask & (owner < 0), self.task)

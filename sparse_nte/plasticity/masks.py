@@ -19,8 +19,8 @@ from sparse_nte.layers import SparseWeightsBase
 from sparse_nte.optim_state import reset_positions
 from sparse_nte.plasticity.ranking import random_per_row, top_k_per_row
 
-__all__ = ["is_multiplicative", "unit_rows", "live_counts", "layer_density", "excitatory_columns",
-           "commit", "drop_regrow", "resize"]
+__all__ = ["is_multiplicative", "unit_rows", "live_counts", "layer_density", "nonzero_density",
+           "excitatory_columns", "commit", "drop_regrow", "resize"]
 
 
 def is_multiplicative(optimizer: Optional[torch.optim.Optimizer], param: torch.Tensor) -> bool:
@@ -50,7 +50,15 @@ def live_counts(layer: SparseWeightsBase) -> torch.Tensor:
 
 
 def layer_density(layer: SparseWeightsBase) -> float:
+    """Mask density: the fraction of positions allowed to be non-zero."""
     return float((~layer.zero_mask).sum().item()) / layer.zero_mask.numel()
+
+
+def nonzero_density(layer: SparseWeightsBase) -> float:
+    """Non-zero density: the fraction of weights that are not exactly 0 (read from the stored
+    weight, without re-applying the constraints)."""
+    w = layer.module.weight.detach()
+    return float((w != 0).sum().item()) / w.numel()
 
 
 def excitatory_columns(layer: SparseWeightsBase) -> Optional[torch.Tensor]:
@@ -137,17 +145,18 @@ def _random_signs(shape: torch.Size, generator: torch.Generator,
 def commit(layer: SparseWeightsBase, optimizer: Optional[torch.optim.Optimizer],
            new_live: torch.Tensor, init_sign: Optional[torch.Tensor], init_scale: float,
            generator: torch.Generator,
-           new_values: Optional[torch.Tensor] = None) -> Tuple[int, int, float]:
+           new_values: Optional[torch.Tensor] = None,
+           signed_start: bool = False) -> Tuple[int, int, float]:
     """Apply a new live mask (rows x fan_in) to ``layer`` as one update and reset the optimizer
     state at the changed positions. Returns (pruned, grown, density).
 
     With compact storage (``sparse_exec = "compact"``) the optimizer's state moves with the
     live set (grown weights start with fresh state) instead of being reset in place.
 
-    Grown weights start at 0, or at ``sign * init_scale`` when the optimizer is multiplicative,
-    where ``sign`` is the presynaptic sign with Dale's law, else ``init_sign`` where it is
-    non-zero and a random sign elsewhere. ``new_values`` (rows x fan_in) overrides the start
-    values (used by ERK).
+    Grown weights start at ``sign * init_scale`` when the optimizer is multiplicative or
+    ``signed_start`` is true, else at 0; ``sign`` is the presynaptic sign with Dale's law, else
+    ``init_sign`` where it is non-zero and a random sign (drawn from ``generator``) elsewhere.
+    ``new_values`` (rows x fan_in) overrides the start values (used by ERK).
     """
     w = layer.weight
     param = layer.weight_param
@@ -161,7 +170,7 @@ def commit(layer: SparseWeightsBase, optimizer: Optional[torch.optim.Optimizer],
         if n_grown:
             if new_values is not None:
                 start = new_values
-            elif is_multiplicative(optimizer, param):
+            elif signed_start or is_multiplicative(optimizer, param):
                 dale = layer.sign_tensor()
                 if dale is not None:
                     sign = unit_rows(dale.expand_as(w))

@@ -1,8 +1,9 @@
-"""Connectivity keys: the density of the hidden layers' weights and how sparse layers run."""
+"""Connectivity keys: the density of the hidden layers' and heads' weights and how sparse layers
+run."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sparse_nte.config.fields import key
 
@@ -16,7 +17,15 @@ class ConnectivityKeys:
     weight_sparsity_fc: float = key(
         1.0, interval="(0, 1]",
         doc="ORIGINAL MEANING: density (fraction of NON-zero weights kept) of the hidden fc layers; "
-            "1.0 = dense, 0.1 = 90% of the weights are zero.")
+            "1.0 = dense, 0.1 = 90% of the weights are zero. It is the density the network STARTS "
+            "with: a schedule that changes densities (plasticity = grow: set to grow_start_density, "
+            "the first task's; gmp, nte_prune: pruned from it) does not rewrite it; the densities "
+            "after every task are in the results, stats per_task[k] connectivity.")
+    weight_sparsity_head: float = key(
+        1.0, interval="(0, 1]",
+        doc="Density of the output heads' weights (same meaning as weight_sparsity_fc); 1.0 = dense, "
+            "as the original project. Below 1 every head keeps round(d * fan_in) random inputs per "
+            "output unit, fixed for the run (no plasticity schedule changes heads).")
     weight_sparsity_conv: float = key(
         1.0, interval="(0, 1]",
         doc="Density of the conv layers (same meaning as weight_sparsity_fc).")
@@ -57,9 +66,12 @@ def no_effect(v: dict[str, Any]) -> dict[str, str]:
                       "allocate")
         out["sparse_init"] = ("every layer starts dense (weight_sparsity_fc = 1), so no layer is "
                               "initialised for sparse inputs")
-    if not (v["weight_sparsity_fc"] < 1.0 or prunes(v) or v["dale"]):
-        out["sparse_exec"] = ("there is no SparseWeights fc layer (weight_sparsity_fc = 1, dale = false, "
-                              "nothing prunes)")
+    if not sparse_at_start(v) and v["weight_sparsity_head"] < 1.0:
+        out.pop("sparse_init")   # it initialises the sparse heads
+    if not (v["weight_sparsity_fc"] < 1.0 or v["weight_sparsity_head"] < 1.0 or prunes(v)
+            or v["dale"]):
+        out["sparse_exec"] = ("there is no SparseWeights fc layer (weight_sparsity_fc = 1, "
+                              "weight_sparsity_head = 1, dale = false, nothing prunes)")
     return out
 
 

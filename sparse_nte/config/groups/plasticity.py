@@ -2,7 +2,10 @@
 
 Derived values (:func:`derive`): with ``plasticity = grow`` the first task's density is
 ``grow_start_density``, so ``weight_sparsity_fc`` (and ``weight_sparsity_conv`` with ``cnn``) are
-set to it.
+set to it: under growth they are the STARTING density. Task k runs at
+``d_k = d_start + (d_end - d_start) * k / (num_batch - 1)``; the runner stores the densities
+reached after every task (mask and non-zero, per layer and in total) in
+``stats["per_task"][k]["connectivity"]``.
 """
 from __future__ import annotations
 
@@ -64,7 +67,9 @@ class PlasticityKeys:
         doc="GMP: number n of pruning events.")
     grow_start_density: float = key(
         0.1, interval="(0, 1]",
-        doc="grow: density of every sparse layer on the first task (sets weight_sparsity_fc/conv).")
+        doc="grow: density of every sparse hidden layer on the first task (sets weight_sparsity_fc/conv, "
+            "which then name the starting density); task k has d_start + (d_end - d_start) k / "
+            "(num_batch - 1).")
     grow_end_density: float = key(
         0.5, interval="(0, 1]",
         doc="grow: density reached on the last task (linear in between).")
@@ -74,8 +79,10 @@ class PlasticityKeys:
             "protection).")
     grow_init_scale: float = key(
         1e-3, interval="(0, inf)",
-        doc="Magnitude of newly grown weights under optimizer = nte (set, rigl, grow); additive "
-            "optimizers start them at 0.")
+        doc="Magnitude of newly grown weights, signed by the presynaptic unit's Dale sign (a seeded "
+            "random sign without Dale's law): plasticity = grow under every optimizer; set and rigl "
+            "under optimizer = nte only (under additive optimizers their regrown weights start at 0, "
+            "as RigL's).")
     nte_prune_rule: str = key(
         "magnitude", choices=PRUNE_RULES,
         doc="nte_prune: remove the nte_prune_rate fraction of smallest magnitudes (magnitude) or the "
@@ -156,9 +163,10 @@ def no_effect(v: dict[str, Any]) -> dict[str, str]:
     if p == "nte_prune" and v["nte_prune_rule"] == "score":
         out["nte_prune_rate"] = ("nte_prune_rule = score prunes by its z threshold (the rate is used by "
                                  "the magnitude rule)")
-    if not (v["optimizer"] == "nte" and p in ("set", "rigl", "grow")):
-        out["grow_init_scale"] = ("it sizes weights grown under optimizer = nte with plasticity = set, "
-                                  "rigl or grow; here new weights are not grown or start at 0")
+    if not (p == "grow" or (v["optimizer"] == "nte" and p in ("set", "rigl"))):
+        out["grow_init_scale"] = ("it sizes the weights grown by plasticity = grow (any optimizer), or "
+                                  "by set and rigl under optimizer = nte; here no weight is grown, or "
+                                  "grown weights start at 0")
     return out
 
 
