@@ -16,6 +16,9 @@ Sections (each its own script, run in a subprocess with the thread count pinned 
     data      bench/bench_data.py      data pipeline: one epoch of batches / one SGD epoch
     selection bench/bench_selection.py data selection's calls in one epoch (N = 60000) / one
                                        SGD epoch of the 1x1000 MLP (full and pruned epochs)
+    pruning   bench/bench_pruning.py   a task trained with uniform / UCB pruning at p = 0.3, 0.5,
+                                       0.7 / the same task unpruned (the runner's task loop),
+                                       and that ratio / (1 - p)
     fisher    bench/bench_fisher.py    EWC's diagonal Fisher: per-example loop / ours, vmap / ours,
                                        ours / GEMM bound (784-1000-1000-10 MLP)
     speed     bench/bench_speed.py     compact sparse layer / masked-dense at 2-20% density; the
@@ -115,6 +118,7 @@ SECTIONS: Dict[str, Section] = {
             for kind, methods in (("full", ("epsilon_greedy", "ucb")),
                                   ("pruned", ("uniform", "epsilon_greedy", "ucb")))
             for method in methods)),
+    "pruning": Section("bench_pruning.py", quick_args=("--quick",), own_json=True),
     "fisher": Section(
         "bench_fisher.py", quick_args=("--examples", "256", "--loop-examples", "32", "--repeats", "1"),
         takes_threads=False,
@@ -132,6 +136,9 @@ def expected_figures(section: str) -> List[str]:
     if section == "speed":
         import bench_speed
         return bench_speed.figure_names()
+    if section == "pruning":
+        import bench_pruning
+        return bench_pruning.figure_names()
     return [p.name for p in SECTIONS[section].patterns]
 
 

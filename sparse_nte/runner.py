@@ -10,7 +10,10 @@ bottom.
         (epoch_eval: after every epoch, task i's test and training accuracy: learning curves)
         evaluate the tasks the metrics need (eval_tasks: 0..i+1, or every task) ──► row i of the
         accuracy matrix R, with the activity statistics recorded in the same pass
-        record stats, write a checkpoint (atomically)
+        record stats (among them the task's training and evaluation time, wall-clock seconds
+        train_s / eval_s, and the process's CPU seconds train_cpu_s / eval_cpu_s, summed over its
+        threads: on a shared machine they leave out the waits for a core), write a checkpoint
+        (atomically)
     metrics from the trained rows ──► <results>/<folder>/seed<k>.pkl (atomically), checkpoint removed
 
 Identity: the stored result or checkpoint of a trial is reused only if its configuration is the
@@ -348,7 +351,7 @@ def run_trial(config: Any, results_dir: PathLike = "results", *, folder: Optiona
     trained = start_task
     for i in tqdm(range(start_task, num_tasks), desc=f"{exp} seed {seed}", initial=start_task,
                   total=num_tasks, disable=not progress):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         ctx = TaskContext(task=i, num_tasks=num_tasks, scenario=scenario, model=model, device=device,
                           seed=seed, steps=steps[i], epochs=epochs[i],
                           batch_size=config.mb_size, train_order=config.train_order,
@@ -360,15 +363,16 @@ def run_trial(config: Any, results_dir: PathLike = "results", *, folder: Optiona
             diverged = exc
             log(f"[{exp} seed {seed}] {exc}")
             break
-        t_train = time.perf_counter() - t0
+        t_train, c_train = time.perf_counter() - t0, time.process_time() - c0
         linearized = isinstance(model, LinearizedNetwork)   # its own layers have no activity
         row = _evaluate_row(model, scenario, i, eval_spec, seed, device,
                             record=config.record_stats and not linearized)
         for j, a in row.accuracy.items():
             acc[i, j] = a
-        t_eval = time.perf_counter() - t0 - t_train
+        t_eval, c_eval = time.perf_counter() - t0 - t_train, time.process_time() - c0 - c_train
         net = model.net if isinstance(model, LinearizedNetwork) else model
         task_stats = {"task": i, "train_s": t_train, "eval_s": t_eval,
+                      "train_cpu_s": c_train, "eval_cpu_s": c_eval,
                       "eval_examples": dict(row.examples), **train_info, **learner.stats(),
                       "connectivity": model_stats.connectivity(net)}
         if config.record_stats:

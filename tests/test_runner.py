@@ -139,6 +139,9 @@ def test_tiny_permuted_run_writes_documented_pickle(tmp_path, cfg_file):
     assert acc[0, 0] > 0.5 and stored["config"]["name"] == "tiny"
     per_task = stored["stats"]["per_task"]
     assert [s["task"] for s in per_task] == [0, 1, 2]
+    for s in per_task:   # each task's training and evaluation time: wall-clock and CPU seconds
+        for k in ("train_s", "eval_s", "train_cpu_s", "eval_cpu_s"):
+            assert isinstance(s[k], float) and 0 <= s[k] < 600, (k, s[k])
     assert all(s["sign_violations"] == 0 and s["mask_violations"] == 0 for s in per_task)
     act = per_task[-1]["activity"]
     (layer,) = act
