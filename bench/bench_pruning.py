@@ -175,7 +175,7 @@ def measure(args: argparse.Namespace, clock: str) -> List[Figure]:
             f"1 - p = {ideal:.2f}x; {clock} time", None, extra))
         figures.append(Figure(
             f"pruning_time_over_ideal.{v.label}", ratio / ideal, "x",
-            f"(time pruned / time full) / (1 - p): the selection's and the per-epoch overhead",
+            "(time pruned / time full) / (1 - p): the selection's and the per-epoch overhead",
             GOAL, {"ratio": ratio, "ideal": ideal}))
     control = by_label["control"]
     figures.append(Figure(

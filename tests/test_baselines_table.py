@@ -45,8 +45,11 @@ def test_an_empty_block_is_filled_without_touching_the_next_one():
     assert twice == "<!-- table:a -->\n| A2 |\n<!-- /table -->\ntext\n<!-- table:b -->\n| B |\n<!-- /table -->\n"
 
 
+def run(acc: float) -> dict:
+    return {"avg_acc": acc, "forgetting": 0.1, "learning_acc": 0.8, "elapsed_s": 10.0}
+
+
 def test_the_vdv_table_pairs_seeds_with_none_and_joint():
-    run = lambda acc: {"avg_acc": acc, "forgetting": 0.1, "learning_acc": 0.8, "elapsed_s": 10.0}
     res = {"pmnist_vdv_none": {0: run(0.6), 1: run(0.7)},
            "pmnist_vdv_ewc": {0: run(0.7), 1: run(0.8), 2: run(0.99)},   # seed 2: no none/joint
            "pmnist_vdv_joint": {0: run(0.8), 1: run(0.9)}}
@@ -57,7 +60,6 @@ def test_the_vdv_table_pairs_seeds_with_none_and_joint():
 
 
 def test_the_bio_table_compares_each_row_with_its_own_network_and_rule():
-    run = lambda acc: {"avg_acc": acc, "forgetting": 0.1, "learning_acc": 0.8, "elapsed_s": 10.0}
     res = {"pmnist_vdv_none": {0: run(0.60)}, "pmnist_vdv_ewc": {0: run(0.65)},
            "pmnist_vdv_nte": {0: run(0.70)}, "pmnist_vdv_nte_ewc": {0: run(0.71)},
            "pmnist_vdv_bio_none": {0: run(0.50)}, "pmnist_vdv_bio_si": {0: run(0.58)},

@@ -81,7 +81,8 @@ def paired(*runs: Mapping[int, dict]) -> List[int]:
 
 def vdv_table(res: Dict[str, Dict[int, dict]]) -> str:
     none, joint = res["pmnist_vdv_none"], res["pmnist_vdv_joint"]
-    lines = ["| method | seeds | ACC % | F (pts) | LA % | gap closed | anchor ACC % (pMNIST) | anchor gap closed | wall s/run |",
+    lines = ["| method | seeds | ACC % | F (pts) | LA % | gap closed | anchor ACC % (pMNIST) "
+             "| anchor gap closed | wall s/run |",
              "|---|---|---|---|---|---|---|---|---|"]
     a_none, a_joint = ANCHOR_ACC["none"], ANCHOR_ACC["joint"]
     for e, runs in res.items():
@@ -101,7 +102,8 @@ def vdv_table(res: Dict[str, Dict[int, dict]]) -> str:
 
 
 def bio_table(res: Dict[str, Dict[int, dict]]) -> str:
-    lines = ["| network | rule | strategy | seeds | ACC % | F (pts) | LA % | dACC vs same network, no strategy (pts) | wall s/run |",
+    lines = ["| network | rule | strategy | seeds | ACC % | F (pts) | LA % "
+             "| dACC vs same network, no strategy (pts) | wall s/run |",
              "|---|---|---|---|---|---|---|---|---|"]
     for e, runs in res.items():
         m = method_of(e)

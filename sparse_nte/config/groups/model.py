@@ -62,9 +62,11 @@ def parse_widths(text: str) -> tuple[int, ...]:
 
 def fc_widths(v: Any) -> tuple[int, ...]:
     """The width of every hidden fc layer of a config (a mapping of values, or a Config)."""
-    get = v.get if isinstance(v, dict) else lambda k: getattr(v, k)
-    widths = parse_widths(get("hidden_widths"))
-    return widths or (get("hidden_units"),) * get("hidden_layers")
+    def get(k: str) -> Any:
+        return v[k] if isinstance(v, dict) else getattr(v, k)
+
+    widths = parse_widths(str(get("hidden_widths")))
+    return widths or (int(get("hidden_units")),) * int(get("hidden_layers"))
 
 
 def derive(r: "Resolver") -> None:
