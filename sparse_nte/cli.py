@@ -1,6 +1,6 @@
-"""``python run_exps.py``: run named experiments of ``exps/exps_params.cfg``.
+"""``sparse-nte`` / ``python run_exps.py``: run named experiments of ``exps/exps_params.cfg``.
 
-Exit status (the README's "Exit status and trial status"):
+Exit status (docs/exit-status.md):
 
 - 0: every trial asked for is done (ran now) or skipped (its result already existed);
   ``--summary``/``--list``/``--dry-run`` succeeded.
@@ -19,21 +19,24 @@ terminal means a bug.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import shlex
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence
 
-from sparse_nte.config import ConfigError, list_experiments, load_config, parse_overrides
+from sparse_nte.api import DEFAULT_CONFIG_FILE, experiment_trials, shipped_config
+from sparse_nte.config import ConfigError, list_experiments, parse_overrides
 from sparse_nte.config.studies import list_studies, parse_seed_list
 from sparse_nte.errors import Terminated, TrialError, UsageError
-from sparse_nte.identity import folder_name, variant
 from sparse_nte.interrupts import exit_status, signal_name, terminate_raises
 from sparse_nte.reporting.exports import FORMATS
 from sparse_nte.sweep import TrialSpec
 
-DEFAULT_CFG = Path("exps") / "exps_params.cfg"
+DEFAULT_CFG = DEFAULT_CONFIG_FILE
+CONSOLE_SCRIPT = "sparse-nte"
 
 
 def parse_seeds(text: str) -> List[int]:
@@ -45,21 +48,28 @@ def parse_seeds(text: str) -> List[int]:
         raise UsageError(f"--seeds {text!r}: {exc}") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
+def invoked_as() -> str:
+    """How the user started the CLI: ``sparse-nte`` (the console script) or ``run_exps.py``;
+    usage lines, error messages and the command recorded in reports use it."""
+    return CONSOLE_SCRIPT if Path(sys.argv[0]).name == CONSOLE_SCRIPT else "run_exps.py"
+
+
+def build_parser(prog: str = "run_exps.py") -> argparse.ArgumentParser:
+    run = "python run_exps.py" if prog == "run_exps.py" else prog
     p = argparse.ArgumentParser(
-        prog="run_exps.py",
+        prog=prog,
         description="Run named continual-learning experiments from exps/exps_params.cfg and pickle "
                     "their results to results/<name>/seed<k>.pkl.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
-               "  python run_exps.py --list\n"
-               "  python run_exps.py --name quickstart --plot\n"
-               "  python run_exps.py --name pmnist_sgd --name pmnist_nte --seeds 0-4 --workers 2\n"
-               "  python run_exps.py --name quickstart --set lr=0.05 --set num_batch=5 --dry-run\n"
-               "  python run_exps.py --summary pmnist_sgd pmnist_nte\n"
-               "  python run_exps.py --study smoke              # run what is missing, then report\n"
-               "  python run_exps.py --study smoke --report     # report only (results/smoke/report.html)\n"
-               "  python run_exps.py --study smoke --summary --format csv\n")
+               f"  {run} --list\n"
+               f"  {run} --name quickstart --plot\n"
+               f"  {run} --name pmnist_sgd --name pmnist_nte --seeds 0-4 --workers 2\n"
+               f"  {run} --name quickstart --set lr=0.05 --set num_batch=5 --dry-run\n"
+               f"  {run} --summary pmnist_sgd pmnist_nte\n"
+               f"  {run} --study smoke              # run what is missing, then report\n"
+               f"  {run} --study smoke --report     # report only (results/smoke/report.html)\n"
+               f"  {run} --study smoke --summary --format csv\n")
     what = p.add_argument_group("what to run")
     what.add_argument("--name", action="append", default=[], metavar="EXP",
                       help="experiment (section of the config file); repeat for several")
@@ -123,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config_path(args) -> Path:
+    """``--config FILE``; else ``./exps/exps_params.cfg`` when the current folder has one (a
+    checkout); else the file installed with the package (:func:`shipped_config`)."""
     if args.config:
         path = Path(args.config).expanduser()
         if path.is_dir():
@@ -130,12 +142,13 @@ def _config_path(args) -> Path:
         if not path.exists():
             raise UsageError(f"--config {args.config}: file not found")
         return path
-    shipped = Path(__file__).resolve().parent.parent / DEFAULT_CFG
-    path = DEFAULT_CFG if DEFAULT_CFG.exists() else shipped
-    if not path.exists():
-        raise UsageError(f"no experiment file: neither {DEFAULT_CFG} (in the current folder) nor "
-                         f"{shipped} exists; pass --config FILE")
-    return path
+    if DEFAULT_CFG.is_file():
+        return DEFAULT_CFG
+    shipped = shipped_config()
+    if shipped is None:
+        raise UsageError(f"no experiment file: {DEFAULT_CFG} is not in the current folder and the "
+                         f"installed package has none (reinstall it); pass --config FILE")
+    return shipped
 
 
 def check_device(text: str, *, available_here: bool = True) -> str:
@@ -187,15 +200,7 @@ def resolve_trials(args) -> List[TrialSpec]:
             raise UsageError(f"--data-root {args.data_root}: no such folder")
         overrides["data_root"] = args.data_root
     seeds_asked = parse_seeds(args.seeds) if args.seeds else None
-    trials = []
-    for name in args.name:
-        cfg = load_config(path, name, overrides)
-        changed = variant(load_config(path, name), cfg)
-        folder = folder_name(name, changed)
-        for seed in seeds_asked or [cfg.seed]:
-            one = cfg if seed == cfg.seed else load_config(path, name, {**overrides, "seed": str(seed)})
-            trials.append(TrialSpec(one, folder, changed))
-    return trials
+    return [t for name in args.name for t in experiment_trials(path, name, overrides, seeds_asked)]
 
 
 def _print_trial(spec: TrialSpec, results_dir: str, overwrite: bool, resume: bool) -> None:
@@ -214,23 +219,67 @@ def _print_trial(spec: TrialSpec, results_dir: str, overwrite: bool, resume: boo
             print(f"  {k.ljust(width)} = {v}")
 
 
+class ConsoleHandler(logging.Handler):
+    """Shows the ``sparse_nte`` loggers' records as the command line's own lines: INFO on
+    stdout as they are (a trial's per-task lines), WARNING and above on stderr as
+    ``<prog>: warning: ...``. Writes to the current ``sys.stdout``/``sys.stderr`` at every
+    record, so redirections made after it was installed are honoured."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(logging.INFO)
+        self.prog = prog
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            msg = record.getMessage()
+            if record.levelno >= logging.WARNING:
+                print(f"{self.prog}: {record.levelname.lower()}: {msg}", file=sys.stderr, flush=True)
+            else:
+                print(msg, flush=True)
+        except BrokenPipeError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def console_logging(prog: str) -> Iterator[None]:
+    """Route the ``sparse_nte`` logger to :class:`ConsoleHandler` (and not also to handlers the
+    embedding program configured on the root logger) while the command runs."""
+    logger = logging.getLogger("sparse_nte")
+    handler = ConsoleHandler(prog)
+    saved = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+
 class _NoResults(Exception):
     """``--summary`` found nothing for an experiment (exit status 1)."""
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
+def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> int:
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``) and return the exit status.
+    ``prog`` names the program in messages (default: :func:`invoked_as`)."""
+    prog = prog or invoked_as()
+    parser = build_parser(prog)
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
-    args.command_line = "python run_exps.py " + shlex.join(argv)
+    args.command_line = ("python run_exps.py " if prog == "run_exps.py" else prog + " ") + shlex.join(argv)
     try:
-        with terminate_raises():
+        with terminate_raises(), console_logging(prog):
             return _main(args)
     except (ConfigError, UsageError) as exc:
-        print(f"run_exps.py: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     except (TrialError, _NoResults) as exc:
-        print(f"run_exps.py: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # e.g. `run_exps.py --dry-run | head`: the reader has gone
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -238,7 +287,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     except (KeyboardInterrupt, Terminated) as exc:
         why = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"terminated by {signal_name(exc.signum)}"
-        print(f"run_exps.py: {why}; finished trials are saved, and running the same command "
+        print(f"{prog}: {why}; finished trials are saved, and running the same command "
               f"again resumes the others from their last checkpoint", file=sys.stderr)
         return exit_status(exc)
 
@@ -340,10 +389,10 @@ def _main(args) -> int:
         path = _config_path(args)
         for name, desc in list_experiments(path):
             print(f"{name:24s} {desc}")
-        studies = list_studies(path)
-        if studies:
+        shipped = list_studies(path)
+        if shipped:
             print("studies (run_exps.py --study NAME):")
-            for name, question, exps in studies:
+            for name, question, exps in shipped:
                 print(f"{name:24s} {question}{' ' if question else ''}[{', '.join(exps)}]")
         return 0
     if args.summary and not args.study:

@@ -2,7 +2,7 @@
 
 Each is reported to the user as one readable line saying what was wrong, where (file, section,
 key, flag or path) and what would be valid; ``run_exps.py`` prints it without a traceback (the
-traceback goes to the trial's log) and exits with the status documented in the README:
+traceback goes to the trial's log) and exits with the status documented in docs/exit-status.md:
 
 - :class:`ConfigError` and :class:`UsageError`: exit status 2, before any trial runs.
 - :class:`TrialError` and its subclasses: the trial fails (exit status 1 at the end); the other

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
@@ -26,7 +25,7 @@ import numpy as np
 from sparse_nte.errors import ResultsError
 from sparse_nte.identity import describe_differences, differences
 from sparse_nte.reporting.describe import diverged_text
-from sparse_nte.results import load_result
+from sparse_nte.results import PathLike, load_result
 
 __all__ = ["collect", "summary_table", "plot_result", "plot_experiment", "group_by_config",
            "experiment_folders", "diverged_text", "overrides_of_folder"]
@@ -34,7 +33,7 @@ __all__ = ["collect", "summary_table", "plot_result", "plot_experiment", "group_
 SUMMARY_METRICS = ("avg_acc", "forgetting", "learning_acc", "bwt", "fwt")
 
 
-def collect(results_dir: os.PathLike, exp: str, problems: Optional[List[str]] = None) -> Dict[int, dict]:
+def collect(results_dir: PathLike, exp: str, problems: Optional[List[str]] = None) -> Dict[int, dict]:
     """Results in one results folder (an experiment or a variant), by seed (empty if none).
 
     A file that cannot be read is skipped and described in ``problems`` (when given) instead of
@@ -58,7 +57,7 @@ def collect(results_dir: os.PathLike, exp: str, problems: Optional[List[str]] = 
     return out
 
 
-def experiment_folders(results_dir: os.PathLike, exp: str) -> List[str]:
+def experiment_folders(results_dir: PathLike, exp: str) -> List[str]:
     """The results folders of ``exp`` that exist: the experiment's own and those of its variants
     (``exp+...``, runs with ``--set`` overrides), in name order. A variant's folder name (it
     contains ``+``) stands for itself alone."""
@@ -76,7 +75,7 @@ def _glob_escape(text: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", text)
 
 
-def _variant_note(results_dir: os.PathLike, folder: str) -> str:
+def _variant_note(results_dir: PathLike, folder: str) -> str:
     """For a variant folder named by a hash, what its ``variant.json`` says it changes."""
     if not re.fullmatch(r".+\+[0-9a-f]{10}", folder):
         return ""
@@ -112,7 +111,7 @@ def _mean_std(values: Sequence[float]) -> str:
     return f"{100 * v.mean():.2f} ± {100 * v.std(ddof=1):.2f}"
 
 
-def summary_table(results_dir: os.PathLike, exps: Sequence[str]) -> str:
+def summary_table(results_dir: PathLike, exps: Sequence[str]) -> str:
     """A Markdown table: one row per experiment (per configuration, if a folder holds several),
     metrics in percent as mean ± std over the finished seeds (sample standard deviation), the
     number of seeds, diverged trials and the mean wall time. Unreadable files and results of
@@ -156,7 +155,7 @@ def summary_table(results_dir: os.PathLike, exps: Sequence[str]) -> str:
     return "\n".join(out)
 
 
-def plot_result(result: dict, out_png: os.PathLike, title: str = "",
+def plot_result(result: dict, out_png: PathLike, title: str = "",
                 overrides: Optional[Mapping[str, Any]] = None) -> Path:
     """Accuracy-matrix heatmap and per-task accuracy curves of one run, saved as PNG: axes fitted
     to the data with the chance level shown, one decimal per cell, and a subtitle naming the
@@ -170,7 +169,7 @@ def plot_result(result: dict, out_png: os.PathLike, title: str = "",
                        dpi=120)[0]
 
 
-def overrides_of_folder(exp: str, results_dir: Optional[os.PathLike] = None) -> Dict[str, Any]:
+def overrides_of_folder(exp: str, results_dir: Optional[PathLike] = None) -> Dict[str, Any]:
     """The overrides a variant folder stands for (``"quickstart+lr=0.2+num_batch=3"`` ->
     ``{"lr": "0.2", "num_batch": "3"}``); for a hashed name, the folder's ``variant.json`` when
     ``results_dir`` is given (else ``{"variant": "<hash>"}``); ``{}`` for an experiment's own
@@ -192,7 +191,7 @@ def overrides_of_folder(exp: str, results_dir: Optional[os.PathLike] = None) -> 
     return dict(p.split("=", 1) for p in parts if "=" in p)
 
 
-def plot_experiment(results_dir: os.PathLike, exp: str, problems: Optional[List[str]] = None,
+def plot_experiment(results_dir: PathLike, exp: str, problems: Optional[List[str]] = None,
                     overrides: Optional[Mapping[str, Any]] = None) -> List[Path]:
     """One PNG per result (finished or diverged), ``<results_dir>/<exp>/seed<k>.png``, its
     subtitle naming ``overrides`` (default: what the folder stands for,

@@ -30,12 +30,15 @@ import secrets
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Union
 
 import numpy as np
 
 from sparse_nte.errors import ResultsError
 from sparse_nte.interrupts import deferred
+
+#: A file or folder argument: a str or any os.PathLike.
+PathLike = Union[str, "os.PathLike[str]"]
 
 __all__ = [
     "result_path", "checkpoint_path", "log_path", "lock_path", "variant_path", "make_folder",
@@ -44,23 +47,23 @@ __all__ = [
 ]
 
 
-def result_path(results_dir: os.PathLike, folder: str, seed: int) -> Path:
+def result_path(results_dir: PathLike, folder: str, seed: int) -> Path:
     return Path(results_dir) / folder / f"seed{seed}.pkl"
 
 
-def checkpoint_path(results_dir: os.PathLike, folder: str, seed: int) -> Path:
+def checkpoint_path(results_dir: PathLike, folder: str, seed: int) -> Path:
     return Path(results_dir) / folder / f"seed{seed}.ckpt"
 
 
-def log_path(results_dir: os.PathLike, folder: str, seed: int) -> Path:
+def log_path(results_dir: PathLike, folder: str, seed: int) -> Path:
     return Path(results_dir) / folder / f"seed{seed}.log"
 
 
-def lock_path(results_dir: os.PathLike, folder: str, seed: int) -> Path:
+def lock_path(results_dir: PathLike, folder: str, seed: int) -> Path:
     return Path(results_dir) / folder / f"seed{seed}.lock"
 
 
-def variant_path(results_dir: os.PathLike, folder: str) -> Path:
+def variant_path(results_dir: PathLike, folder: str) -> Path:
     return Path(results_dir) / folder / "variant.json"
 
 
@@ -71,7 +74,7 @@ def os_error_text(exc: OSError) -> str:
     return str(exc) or type(exc).__name__
 
 
-def make_folder(folder: os.PathLike) -> None:
+def make_folder(folder: PathLike) -> None:
     """Create ``folder`` (and its parents) if needed; a ResultsError naming the culprit if a
     file stands in its place (or in a parent's), or it cannot be created."""
     folder = Path(folder)
@@ -89,7 +92,7 @@ def make_folder(folder: os.PathLike) -> None:
                            f"--results-dir DIR")
 
 
-def atomic_write_bytes(path: os.PathLike, data: bytes) -> Path:
+def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
     """Write ``data`` to a temporary file beside ``path``, fsync it and rename it over ``path``,
     with the umask's permissions. On any error the temporary file is removed, ``path`` is
     untouched and a :class:`ResultsError` names the file and the system's reason."""
@@ -141,7 +144,7 @@ def _write_replace(path: Path, data: bytes) -> Path:
     return path
 
 
-def atomic_write(path: os.PathLike, write: Callable[[Any], None]) -> Path:
+def atomic_write(path: PathLike, write: Callable[[Any], None]) -> Path:
     """Call ``write(fileobj)`` on an in-memory buffer, then :func:`atomic_write_bytes`."""
     buf = io.BytesIO()
     write(buf)
@@ -174,13 +177,13 @@ def check_plain(obj: Any, where: str = "result") -> None:
     raise TypeError(f"{where}: {type(obj).__module__}.{type(obj).__name__} is not a builtin or numpy array")
 
 
-def save_result(path: os.PathLike, result: dict) -> Path:
+def save_result(path: PathLike, result: dict) -> Path:
     """Validate that ``result`` is plain data and write it atomically as a pickle."""
     check_plain(result)
     return atomic_write_bytes(path, pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
 
 
-def load_result(path: os.PathLike) -> dict:
+def load_result(path: PathLike) -> dict:
     """The result pickled at ``path``; a :class:`ResultsError` naming the file if it cannot be
     read or is not a result."""
     try:

@@ -28,8 +28,8 @@ or saved in the checkpoint (torch's global RNG for dropout, the components' own 
 from __future__ import annotations
 
 import io
+import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional
@@ -48,8 +48,8 @@ from sparse_nte.identity import describe_differences, differences
 from sparse_nte.layers import update_boost_strength
 from sparse_nte.learner import Learner, build_learner
 from sparse_nte.metrics import continual_metrics
-from sparse_nte.results import (atomic_write_bytes, checkpoint_path, load_result, os_error_text,
-                                result_path, save_result, versions)
+from sparse_nte.results import (PathLike, atomic_write_bytes, checkpoint_path, load_result,
+                                os_error_text, result_path, save_result, versions)
 from sparse_nte.seams import Batch, TaskContext
 
 __all__ = ["run_trial", "evaluate", "TrialResult", "as_config", "STATUSES"]
@@ -60,6 +60,8 @@ _CHECKPOINT_KEYS = ("config", "model", "learner", "acc", "stats", "elapsed_s", "
 #: Statuses of a trial: ``done`` (ran now), ``skipped`` (its result existed), ``diverged``
 #: (training stopped being finite; saved as such), ``failed`` (an error; nothing saved).
 STATUSES = ("done", "skipped", "diverged", "failed")
+
+_log = logging.getLogger(__name__)
 
 
 class TrialResult(dict):
@@ -237,9 +239,9 @@ def _nan_metrics(num_tasks: int) -> dict:
             "plasticity": np.full(num_tasks, np.nan), "avg_acc_curve": np.full(num_tasks, np.nan)}
 
 
-def run_trial(config: Any, results_dir: os.PathLike = "results", *, folder: Optional[str] = None,
+def run_trial(config: Any, results_dir: PathLike = "results", *, folder: Optional[str] = None,
               device: str = "cpu", overwrite: bool = False, resume: bool = True, progress: bool = True,
-              log: Callable[[str], None] = print,
+              log: Optional[Callable[[str], None]] = None,
               after_task_hook: Optional[Callable[[int], None]] = None) -> TrialResult:
     """Run (or resume, or skip) one trial and return its result.
 
@@ -249,7 +251,8 @@ def run_trial(config: Any, results_dir: os.PathLike = "results", *, folder: Opti
     CLI gives variants their own, :func:`sparse_nte.identity.folder_name`). With ``resume`` a
     checkpoint left by an interrupted run of the same configuration is continued; ``overwrite``
     discards both the result and the checkpoint. ``after_task_hook(i)`` runs after task i's
-    checkpoint is written (tests use it to simulate a crash).
+    checkpoint is written (tests use it to simulate a crash). ``log`` receives the progress
+    lines (default: the ``sparse_nte.runner`` logger, at INFO).
     """
     from benchmarks import build_scenario
     from models import build_model
@@ -257,6 +260,7 @@ def run_trial(config: Any, results_dir: os.PathLike = "results", *, folder: Opti
     from tqdm.auto import tqdm
 
     config = as_config(config)
+    log = log or _log.info
     exp, seed = config.name, config.seed
     folder = folder or exp
     out = result_path(results_dir, folder, seed)
@@ -280,7 +284,7 @@ def run_trial(config: Any, results_dir: os.PathLike = "results", *, folder: Opti
         input_scaling=config.input_scaling, permutation_rng=config.permutation_rng,
     )
     log(f"[{exp} seed {seed}] data: {config.dataset} from {scenario.source}")
-    model = build_model(config, scenario)
+    model: nn.Module = build_model(config, scenario)
     if config.linearize:    # train f(x; theta0) + J(x; theta0)(theta - theta0) instead
         model = linearize(model)
     model = model.to(device)

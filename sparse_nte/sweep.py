@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -59,6 +60,8 @@ __all__ = ["TrialOptions", "TrialSpec", "Outcome", "run_inline", "run_local", "r
 #: node address, and then every Ray server of the instance listens on the loopback interface only
 #: (what Ray does by default on macOS and Windows).
 _RAY_LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -136,8 +139,10 @@ def _scalar_metrics(result: dict) -> Dict[str, float]:
     return {k: float(v) for k, v in result.get("metrics", {}).items() if isinstance(v, (int, float))}
 
 
-def execute_trial(spec: TrialSpec, options: TrialOptions, log: Callable[[str], None] = print) -> Outcome:
-    """Run one trial here and now (used by every backend); exceptions propagate."""
+def execute_trial(spec: TrialSpec, options: TrialOptions,
+                  log: Optional[Callable[[str], None]] = None) -> Outcome:
+    """Run one trial here and now (used by every backend); exceptions propagate. ``log``
+    receives the progress lines (default: the ``sparse_nte.runner`` logger)."""
     import torch
 
     from sparse_nte.runner import run_trial
@@ -246,7 +251,7 @@ def _progress_bar(total: int, initial: int, enabled: bool):
 # ---------------------------------------------------------------------------------------------
 # In this process
 # ---------------------------------------------------------------------------------------------
-def run_inline(trials: Sequence[dict], options: TrialOptions) -> List[Outcome]:
+def run_inline(trials: Sequence[Any], options: TrialOptions) -> List[Outcome]:
     """Run the trials one after the other in this process; messages go to the terminal and to
     each trial's log."""
     trials = _unique(trials)
@@ -264,8 +269,8 @@ def _failed(spec: TrialSpec, message: str, seconds: float = 0.0) -> Outcome:
 def run_attempt(spec: TrialSpec, options: TrialOptions, *, echo: bool = False,
                 redirect: bool = False) -> Outcome:
     """One attempt at a trial, as every backend makes it: take the trial's lock, append to its
-    log (echoing messages to stdout when ``echo``; sending file descriptors 1 and 2 to the log
-    when ``redirect``), write ``variant.json`` for a variant folder, run the trial.
+    log (echoing messages to the ``sparse_nte.sweep`` logger at INFO when ``echo``; sending file
+    descriptors 1 and 2 to the log when ``redirect``), write ``variant.json`` for a variant folder, run the trial.
 
     Every failure becomes a failed Outcome with the whole message: another process holding the
     lock (nothing of the trial is touched), a results folder that cannot be written, the trial's
@@ -306,7 +311,7 @@ def _logged(spec: TrialSpec, options: TrialOptions, log: TrialLog, echo: bool) -
 
     def say(msg: str) -> None:
         if echo:
-            print(msg, flush=True)
+            _log.info(msg)
         log.write(msg + "\n")
 
     t0 = time.perf_counter()
@@ -438,7 +443,7 @@ def _reap(proc: Optional[subprocess.Popen], timeout: float = 30) -> None:
         proc.wait()
 
 
-def run_local(trials: Sequence[dict], options: TrialOptions, workers: int) -> List[Outcome]:
+def run_local(trials: Sequence[Any], options: TrialOptions, workers: int) -> List[Outcome]:
     """Run the trials in ``workers`` parallel worker processes.
 
     Ctrl-C (KeyboardInterrupt) or SIGTERM (:class:`~sparse_nte.errors.Terminated`) in this
@@ -527,7 +532,7 @@ def _import_ray(address: str):
     return ray
 
 
-def run_ray(trials: Sequence[dict], options: TrialOptions, address: str = "local",
+def run_ray(trials: Sequence[Any], options: TrialOptions, address: str = "local",
             cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0, retries: int = 3,
             init_kwargs: Optional[Dict[str, Any]] = None) -> List[Outcome]:
     """Run the trials as Ray tasks.
@@ -547,8 +552,8 @@ def run_ray(trials: Sequence[dict], options: TrialOptions, address: str = "local
     if retries < 0:
         raise UsageError(f"--retries {retries}: must be >= 0")
     if gpus_per_trial > 0 and options.device == "cpu":
-        print("run_exps.py: warning: --gpus-per-trial reserves GPUs but --device is cpu; "
-              "pass --device cuda to train on them", file=sys.stderr)
+        _log.warning("--gpus-per-trial reserves GPUs but --device is cpu; pass --device cuda to "
+                     "train on them")
     ray = _import_ray(address)
 
     trials = _unique(trials)

@@ -7,7 +7,6 @@ state to float rounding.
 """
 import copy
 import io
-import math
 import pickle
 
 import numpy as np
@@ -22,7 +21,7 @@ from sparse_nte.config import config_from_dict
 from sparse_nte.dale import constrain_optimizer
 from sparse_nte.layers import SparseWeights
 from sparse_nte.layers.compact import CompactLinear
-from sparse_nte.nte import NTE, build_nte_optimizer
+from sparse_nte.nte import NTE
 from sparse_nte.optim_state import remap_positions, reset_positions
 from sparse_nte.plasticity import PlasticitySpec, build_schedule
 from sparse_nte.sparse_exec import (AUTO_COMPACT_MAX_DENSITY, AUTO_MIN_WEIGHTS, prefers_compact,

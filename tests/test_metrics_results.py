@@ -1,7 +1,6 @@
 """Metrics against hand-computed values, atomic result files, plain-data pickles."""
 import math
 import os
-import pickle
 import subprocess
 import sys
 

@@ -3,7 +3,6 @@ activity measured before dropout, determinism, and Dale's law / mask invariants 
 import math
 import pickle
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import pytest

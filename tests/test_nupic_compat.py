@@ -6,7 +6,6 @@ import inspect
 import math
 import sys
 import textwrap
-import warnings
 from pathlib import Path
 
 import pytest

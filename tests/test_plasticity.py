@@ -835,7 +835,7 @@ def test_state_dict_resumes_a_growth_schedule_identically():
 
     model, opt, sched = make()
     sched.on_task_start(0)
-    step = run(sched, model, opt, 10)
+    run(sched, model, opt, 10)
     saved = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()),
              copy.deepcopy(sched.state_dict()))
     for task in (1, 2):

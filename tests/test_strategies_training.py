@@ -1,7 +1,6 @@
 """Strategies in a training loop (the learner's events, written out here): constraints of sparse
 Dale k-WTA networks kept in every scenario setting, importances never silently zero, checkpoints
 that resume to the uninterrupted run, and less forgetting than fine-tuning on a toy problem."""
-import copy
 import io
 from types import SimpleNamespace
 

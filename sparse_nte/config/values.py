@@ -53,8 +53,9 @@ def _choice(spec: KeySpec, text: str, raw: Any) -> str:
     value = spec.value_aliases.get(low, low)
     if value == "" and spec.derived:
         return ""
-    if value not in spec.choices:
-        raise ValueError(f"expected {expected(spec)}, got {raw!r}{did_you_mean(low, spec.choices)}")
+    choices = spec.choices or ()
+    if value not in choices:
+        raise ValueError(f"expected {expected(spec)}, got {raw!r}{did_you_mean(low, choices)}")
     return value
 
 
@@ -64,14 +65,15 @@ def _multi(spec: KeySpec, text: str, raw: Any) -> str:
     names = [p.strip().lower() for p in text.replace("+", ",").split(",") if p.strip()]
     if not names or names == ["none"]:
         return "none"
+    choices = spec.choices or ()
     for n in names:
         if n == "none":
             raise ValueError(f"'none' cannot be combined with other values, got {raw!r}")
-        if n not in spec.choices:
-            raise ValueError(f"expected {expected(spec)}, got {n!r}{did_you_mean(n, spec.choices)}")
+        if n not in choices:
+            raise ValueError(f"expected {expected(spec)}, got {n!r}{did_you_mean(n, choices)}")
     if len(set(names)) != len(names):
         raise ValueError(f"a value is listed twice in {raw!r}")
-    return ", ".join(c for c in spec.choices if c in names)
+    return ", ".join(c for c in choices if c in names)
 
 
 def parse_value(spec: KeySpec, raw: Any) -> Any:

@@ -257,7 +257,6 @@ class SparseWeightsBase(nn.Module, HasRezeroWeights):
 
     def _prepare(self) -> None:
         """Make sure the weight satisfies the constraints before it is used."""
-        w = self.module.weight
         if not self._is_clean():
             self.enforce_constraints()
         self._install_grad_mask()

@@ -174,7 +174,7 @@ class NTE(Optimizer):
         and what the last step did (``last_step``)."""
         live = dead = 0
         for p in self.managed_params():
-            l = self.state[p][LOG_MAGNITUDE]
+            l = self.state[p][LOG_MAGNITUDE]  # noqa: E741  (l_i, the log-magnitudes of the docstring)
             mask = self._index.info[id(p)].mask()
             unmasked = torch.ones_like(l, dtype=torch.bool) if mask is None else ~mask
             finite = torch.isfinite(l)

@@ -69,7 +69,7 @@ def renormalise_and_write(entries: Sequence[Entry], untouched: Sequence[torch.Te
     offsets: List[List[float]] = []
     parts: List[float] = []
     for p, st, mask, _ in entries:
-        l = st[LOG_MAGNITUDE]
+        l = st[LOG_MAGNITUDE]  # noqa: E741  (l_i, the log-magnitudes of the docstring)
         if mask is not None:
             l.masked_fill_(mask, -math.inf)
             if THETA0 in st:

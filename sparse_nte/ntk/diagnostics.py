@@ -116,7 +116,7 @@ def _centre(k: torch.Tensor) -> torch.Tensor:
     return k - k.mean(0, keepdim=True) - k.mean(1, keepdim=True) + k.mean()
 
 
-def centered_kernel_alignment(k: torch.Tensor, l: torch.Tensor) -> float:
+def centered_kernel_alignment(k: torch.Tensor, l: torch.Tensor) -> float:  # noqa: E741  (CKA(K, L))
     """CKA(K, L) of two kernels on the same examples (module docstring); NaN if either centred
     kernel is zero (a constant kernel has no alignment)."""
     a, b = _centre(as_matrix(k)), _centre(as_matrix(l))

@@ -74,7 +74,7 @@ class PlasticitySchedule:
             raise ValueError(f"init_scale (grow_init_scale) must be > 0, got {init_scale!r}")
         if optimizer is not None:
             trained = {id(p) for g in optimizer.param_groups for p in g["params"]}
-            missing = [n for n, l in self.layers if id(l.weight_param) not in trained]
+            missing = [n for n, layer in self.layers if id(layer.weight_param) not in trained]
             if missing:
                 raise ValueError(f"{type(self).__name__}: the weights of layers {missing} are not "
                                  f"trained by the given {type(optimizer).__name__}")

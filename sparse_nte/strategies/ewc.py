@@ -27,7 +27,7 @@ scenarios that set is the union of tasks 0..k), a subset drawn from
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional
 
 import torch
 

@@ -1,5 +1,9 @@
 """``nupic.torch.modules``: the k-winners, sparse-weights, prunable and flatten modules."""
-from sparse_nte.compat.modules import flatten, k_winners, prunable_sparse_weights, sparse_weights
+# the submodules are attributes of the package, as in nupic.torch
+from sparse_nte.compat.modules import flatten as flatten
+from sparse_nte.compat.modules import k_winners as k_winners
+from sparse_nte.compat.modules import prunable_sparse_weights as prunable_sparse_weights
+from sparse_nte.compat.modules import sparse_weights as sparse_weights
 from sparse_nte.compat.modules.flatten import Flatten
 from sparse_nte.compat.modules.k_winners import KWinners, KWinners2d, update_boost_strength
 from sparse_nte.compat.modules.prunable_sparse_weights import (

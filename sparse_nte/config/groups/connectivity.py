@@ -3,7 +3,7 @@ run."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sparse_nte.config.fields import key
 

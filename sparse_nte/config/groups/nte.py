@@ -6,7 +6,7 @@ The defaults are the optimizer's own (:data:`sparse_nte.nte.DEFAULTS`, from the 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sparse_nte.config.fields import key
 
