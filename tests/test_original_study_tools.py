@@ -43,6 +43,8 @@ def test_blocks_are_replaced_between_their_markers_only():
     assert new == ("intro\n<!-- generated:a -->\n| new a |\n<!-- /generated:a -->\nmiddle\n"
                    "<!-- generated:b -->\nnew b\n<!-- /generated:b -->\nend\n")
     assert tool.replace_blocks(new, {"a": "| new a |", "b": "new b"}) == new   # idempotent
+    empty = "<!-- generated:a -->\n<!-- /generated:a -->\n"                      # a fresh block
+    assert tool.replace_blocks(empty, {"a": "x"}) == "<!-- generated:a -->\nx\n<!-- /generated:a -->\n"
     with pytest.raises(SystemExit, match="generated:c"):
         tool.replace_blocks(doc, {"c": "x"})
 

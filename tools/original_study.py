@@ -238,7 +238,7 @@ def loo(toolkit_dir: Path, loo_dir: Path) -> str:
     base = [t.result for t in dense.done() if t.seed == 0]
     if not base:
         raise SystemExit(f"{toolkit_dir}: study {STUDY} has no finished MLP_1Layer seed 0")
-    runs = [("original protocol", base[0])]
+    runs = [("original protocol, seed 0", base[0])]
     for key, value in LOO_VARIANTS:
         found = sorted((loo_dir / f"{key}_{value}").glob("MLP_1Layer*/seed0.pkl"))
         res = None
@@ -250,8 +250,10 @@ def loo(toolkit_dir: Path, loo_dir: Path) -> str:
             if cfg[key] != value or int(cfg["num_batch"]) != LOO_TASKS or int(cfg["seed"]) != 0:
                 raise SystemExit(f"{path}: expected {key} = {value}, num_batch = {LOO_TASKS}, seed 0; got "
                                  f"{key} = {cfg[key]}, num_batch = {cfg['num_batch']}, seed {cfg['seed']}")
-        runs.append((f"`{key} = {value}`", res if res is not None else loo_command(key, value, loo_dir)))
-    rows = []
+        runs.append((f"`{key} = {value}`, seed 0", res if res is not None else loo_command(key, value, loo_dir)))
+    spread = [measures(t.result["acc_matrix"], LOO_TASKS) for t in dense.done()]
+    rows = [f"| original protocol, seeds {', '.join(str(t.seed) for t in dense.done())} (mean ± sd) | "
+            f"done | {LOO_TASKS} | " + " | ".join(mean_sd([m[i] for m in spread]) for i in range(3)) + " | |"]
     for name, res in runs:
         if isinstance(res, str):
             rows.append(f"| {name} | not finished (no result file; run `{res}`) | | | | | |")
@@ -261,18 +263,18 @@ def loo(toolkit_dir: Path, loo_dir: Path) -> str:
         v = measures(res["acc_matrix"], k)
         rows.append(f"| {name} | {res.get('status') or 'done'} | {k} | {v[0]:.1f} | {v[1]:.1f} | "
                     f"{v[2]:.1f} | {max(losses):.3g} |")
-    return "\n".join(["| MLP_1Layer, seed 0 | status | tasks | final average accuracy (%) | "
+    return "\n".join(["| MLP_1Layer | status | tasks | final average accuracy (%) | "
                       "forgetting (%) | right after learning (%) | largest last-epoch loss |",
                       "|---|---|---|---|---|---|---|"] + rows)
 
 
 def replace_blocks(text: str, blocks: Dict[str, str]) -> str:
     for name, body in blocks.items():
-        pattern = re.compile(rf"(<!-- generated:{name} -->\n).*?(\n<!-- /generated:{name} -->)", re.S)
+        pattern = re.compile(rf"(<!-- generated:{name} -->\n).*?(<!-- /generated:{name} -->)", re.S)
         if not pattern.search(text):
             raise SystemExit(f"the document has no <!-- generated:{name} --> ... "
                              f"<!-- /generated:{name} --> block")
-        text = pattern.sub(lambda m: m.group(1) + body + m.group(2), text)
+        text = pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
     return text
 
 
@@ -374,8 +376,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     blocks = {"reproduction": reproduction(toolkit, original),
               "early": early(toolkit, original, interrupted_runs(args.original)),
               "inflation": inflation(original)}
-    if args.ties is not None:
-        blocks["ties"] = ties_block(json.loads(args.ties.read_text()))
+    blocks["ties"] = (ties_block(json.loads(args.ties.read_text())) if args.ties is not None else
+                      "Not counted: no ties file was given (`--ties`). It is written by "
+                      "`python tools/original_study.py ties --tasks 2 --seed 0 --results-dir T`, "
+                      "a 2-task run of `MLP_1LayerSparse` (about a fifth of a full run).")
     if args.loo is not None:
         blocks["loo"] = loo(args.results_dir, args.loo)
     if args.write is None:
@@ -388,7 +392,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         wanted = set(re.findall(r"<!-- generated:(\w+) -->", text))
         if wanted - set(blocks):
             raise SystemExit(f"{doc}: no input for block(s) {', '.join(sorted(wanted - set(blocks)))} "
-                             f"(--ties / --loo)")
+                             f"(--loo)")
         doc.write_text(replace_blocks(text, present))
         print(f"updated {', '.join(present)} in {doc}")
     return 0
