@@ -117,3 +117,47 @@ def test_early_block_compares_the_first_k_tasks_of_every_run(tmp_path):
     assert "stopped after task 1" in rows[0][2] and rows[0][3].startswith("65.00 ± 0.00")
     assert rows[1][3].startswith("30.00 ± 0.00")          # forgetting: 0.8 - 0.5
     assert tool.early(toolkit, finished, {"MLP_1LayerSparse": [], "MLP_1Layer": []}).startswith("(no ")
+
+
+def _matrix(diag: float, off: float, n: int) -> np.ndarray:
+    m = np.full((n, n), np.nan)
+    for i in range(n):
+        m[i, : i + 1] = off
+        m[i, i] = diag
+    return m
+
+
+def test_loo_block_reads_the_study_and_the_leave_one_out_folders(tmp_path):
+    """Seed 0's first 3 tasks and the seeds' spread from the study's folder; each variant from
+    L/KEY_VALUE/MLP_1Layer*/seed0.pkl; a missing variant names its command; a file of another
+    configuration is refused."""
+    import pickle
+
+    from sparse_nte.study import resolve_study
+
+    study = resolve_study(tool.CONFIG, tool.STUDY)
+    folder = study.folders["MLP_1Layer"]
+    base = study.configs["MLP_1Layer"].to_dict()
+
+    def write(path, cfg, acc):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        k = acc.shape[0]
+        with open(path, "wb") as f:
+            pickle.dump({"acc_matrix": acc, "metrics": {}, "config": cfg, "tasks_trained": k,
+                         "stats": {"per_task": [{"train_loss_last_epoch": 0.25 + t} for t in range(k)]}}, f)
+
+    for seed, diag in ((0, 0.8), (1, 0.9)):
+        write(tmp_path / "R" / folder / f"seed{seed}.pkl", {**base, "seed": seed}, _matrix(diag, 0.5, 10))
+    variant = {**base, "num_batch": 3, "seed": 0, "input_scaling": "standard"}
+    write(tmp_path / "L" / "input_scaling_standard" / "MLP_1Layer" / "seed0.pkl", variant, _matrix(0.7, 0.2, 3))
+    rows = tool.loo(tmp_path / "R", tmp_path / "L").splitlines()[2:]
+    assert rows[0].startswith("| original protocol, seeds 0, 1 (mean ± sd) | done | 3 | ")
+    cells = rows[0].split(" | ")
+    assert cells[3].startswith(f"{100 * (0.5 + 0.5 + 0.85) / 3:.2f} ± ")       # (2 x 0.5 + mean diag) / 3
+    assert cells[5].startswith("85.00 ± 7.07")                                  # diag 80, 90
+    assert rows[1] == "| original protocol, seed 0 | done | 3 | 60.0 | 30.0 | 80.0 | 2.25 |"
+    assert rows[2] == "| `input_scaling = standard`, seed 0 | done | 3 | 36.7 | 50.0 | 70.0 | 2.25 |"
+    assert "not finished" in rows[3] and "--set train_order=shuffle" in rows[3]
+    write(tmp_path / "L" / "train_order_shuffle" / "MLP_1Layer" / "seed0.pkl", variant, _matrix(0.7, 0.2, 3))
+    with pytest.raises(SystemExit, match="expected train_order = shuffle"):
+        tool.loo(tmp_path / "R", tmp_path / "L")
