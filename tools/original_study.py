@@ -49,7 +49,7 @@ from sparse_nte.metrics import continual_metrics  # noqa: E402
 
 CONFIG = REPO / "exps" / "exps_params.cfg"
 STUDY = "original_pfmnist"
-#: The original code's single published run on permuted Fashion-MNIST (ANCHORS.md, section E):
+#: The original code's single published run on permuted Fashion-MNIST (unseeded, exact accuracy):
 #: final average accuracy, mean forgetting over tasks 1-9, mean accuracy right after learning, %.
 ANCHOR = {"MLP_1Layer": (34.73, 54.5, 83.78), "MLP_1LayerSparse": (55.07, 26.4, 78.82)}
 LABEL = {"MLP_1Layer": "dense ReLU (`MLP_1Layer`)", "MLP_1LayerSparse": "k-WTA (`MLP_1LayerSparse`)"}
