@@ -250,7 +250,7 @@ def loo(toolkit_dir: Path, loo_dir: Path) -> str:
             if cfg[key] != value or int(cfg["num_batch"]) != LOO_TASKS or int(cfg["seed"]) != 0:
                 raise SystemExit(f"{path}: expected {key} = {value}, num_batch = {LOO_TASKS}, seed 0; got "
                                  f"{key} = {cfg[key]}, num_batch = {cfg['num_batch']}, seed {cfg['seed']}")
-        runs.append((f"`{key} = {value}`, seed 0", res if res is not None else loo_command(key, value, loo_dir)))
+        runs.append((f"`{key} = {value}`, seed 0", res if res is not None else loo_command(key, value, Path("L"))))
     spread = [measures(t.result["acc_matrix"], LOO_TASKS) for t in dense.done()]
     rows = [f"| original protocol, seeds {', '.join(str(t.seed) for t in dense.done())} (mean ± sd) | "
             f"done | {LOO_TASKS} | " + " | ".join(mean_sd([m[i] for m in spread]) for i in range(3)) + " | |"]
