@@ -335,7 +335,7 @@ def run_trial(config: Any, results_dir: PathLike = "results", *, folder: Optiona
         for j, a in row.accuracy.items():
             acc[i, j] = a
         t_eval = time.perf_counter() - t0 - t_train
-        net = model.net if linearized else model
+        net = model.net if isinstance(model, LinearizedNetwork) else model
         task_stats = {"task": i, "train_s": t_train, "eval_s": t_eval,
                       "eval_examples": dict(row.examples), **train_info, **learner.stats(),
                       "connectivity": model_stats.connectivity(net)}

@@ -369,3 +369,15 @@ def test_summaries_ignore_undefined_values_and_use_the_sample_sd(values):
     assert n == len(finite)
     assert math.isnan(mean) if not finite else mean == pytest.approx(statistics.fmean(finite), abs=1e-12)
     assert math.isnan(sd) if n < 2 else sd == pytest.approx(statistics.stdev(finite), abs=1e-9)
+
+
+def test_learning_accuracy_of_an_older_result_is_computed_from_its_matrix():
+    from sparse_nte.reporting.collect import TrialRecord
+    acc = np.array([[0.9, 0.1, 0.1], [0.5, 0.8, 0.1], [0.4, 0.6, 0.7]])
+    old = {"acc_matrix": acc, "metrics": {"avg_acc": float(acc[2].mean())}}
+    rec = TrialRecord(experiment="e", folder="e", seed=0, status="done", result=old)
+    assert rec.metrics["learning_acc"] == pytest.approx((0.9 + 0.8 + 0.7) / 3)
+    stored = dict(old, metrics={"avg_acc": 0.5, "learning_acc": 0.25})
+    assert TrialRecord("e", "e", 0, "done", stored).metrics["learning_acc"] == 0.25
+    diverged = {"acc_matrix": np.full((3, 3), np.nan), "metrics": {"avg_acc": float("nan")}}
+    assert "learning_acc" not in TrialRecord("e", "e", 0, "diverged", diverged).metrics

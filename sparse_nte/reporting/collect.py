@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Mapping, Optional, Sequence
 
+import numpy as np
+
 from sparse_nte.errors import ResultsError
 from sparse_nte.identity import describe_differences, differences
 from sparse_nte.results import checkpoint_path, load_result, log_path, result_path
@@ -54,8 +56,14 @@ class TrialRecord:
         """The result's scalar metrics (empty without a result)."""
         if self.result is None:
             return {}
-        return {k: float(v) for k, v in self.result.get("metrics", {}).items()
-                if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        out = {k: float(v) for k, v in self.result.get("metrics", {}).items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if "learning_acc" not in out and self.status == "done":
+            # results written before learning accuracy was stored: the mean of R[j, j]
+            diag = np.diag(np.asarray(self.result["acc_matrix"], dtype=np.float64))
+            if diag.size and not np.isnan(diag).any():
+                out["learning_acc"] = float(diag.mean())
+        return out
 
 
 @dataclass
