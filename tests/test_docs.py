@@ -280,3 +280,16 @@ def test_api_reference_docstrings_become_markdown():
     assert md(table).split("\n") == ["Rows:", "", "", "```text", "====  ==========", "name  module",
                                      "====  ==========", "ewc   .ewc", "====  ==========", "```", "",
                                      "", "End."]
+
+
+def test_readme_results_are_the_results_pages_tables():
+    """README.md's results are copies of the pages' generated tables (tools/readme_results.py)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("readme_results", ROOT / "tools" / "readme_results.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.render(README, ROOT / "docs") == README, "run python tools/readme_results.py"
+    for h in mod.HEADLINES:     # every headline table is a Markdown table with a numeric cell
+        table = mod.block(ROOT / "docs" / "results" / f"{h.stem}.md", h.marker)
+        assert table.lstrip().startswith("|") and re.search(r"\d+\.\d", table), h.stem
