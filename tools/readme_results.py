@@ -8,7 +8,7 @@ the result files (``tools/flagship_results.py``, ``tools/original_study.py``,
 ``tools/baselines_table.py``, ``tools/pruning_tables.py``, ``bench/local_rules_tables.py``,
 ``tools/ntk_tables.py``). This script only copies the block between a page's
 ``<!-- NAME -->`` marker and the next ``<!-- /...`` marker into README.md between
-``<!-- readme:STEM:begin -->`` and ``<!-- readme:STEM:end -->``, with the page's title, the
+``<!-- readme:STEM/BLOCK:begin -->`` and ``<!-- readme:STEM/BLOCK:end -->``, with the page's title, the
 command that runs the study and a link, so the README's numbers are always the pages' numbers.
 """
 from __future__ import annotations
@@ -28,6 +28,11 @@ class Headline(NamedTuple):
     caption: str       # one line above the table: protocol, seeds
     command: str       # the command that runs what the table shows
 
+    @property
+    def key(self) -> str:
+        """The README's marker name: the page and its block (``baselines/vdv_pfmnist_short``)."""
+        return f"{self.stem}/{self.marker.split(':')[-1]}"
+
 
 HEADLINES = (
     Headline("original_study", "generated:reproduction",
@@ -38,6 +43,10 @@ HEADLINES = (
              "van de Ven & Tolias's permuted protocol scaled down to 5 Fashion-MNIST tasks of 10,000 "
              "examples, 200 Adam steps each, MLP 2x400; 3 seeds; the anchor's MNIST numbers beside.",
              "python run_exps.py --study vdv_pfmnist_short"),
+    Headline("baselines", "table:bio_baselines",
+             "The baselines on a k-WTA + 10% connectivity + Dale network and with the NTE rule, same "
+             "scaled-down protocol; 3 seeds; cells not run are marked.",
+             "python run_exps.py --study bio_baselines"),
     Headline("data_pruning", "table:claims_pfmnist",
              "Dynamic data pruning, 5-task permuted Fashion-MNIST, MLP 1x400, 6 epochs per task; 3 "
              "seeds; the anchor's claims as paired accuracy differences.",
@@ -47,6 +56,11 @@ HEADLINES = (
              "seeds; the papers' numbers beside.",
              "python bench/repro_local_rules.py ib --seeds 3 --epochs 5 --train-limit 10000 --window 8 "
              "--out ib.json"),
+    Headline("local_rules", "table:continual",
+             "The local rule in continual learning (neither paper ran it): 5 tasks of 1,000 Fashion-MNIST "
+             "examples, MLP [128, 64], backprop against IB-Hebbian, alone and with the constraints; 3 "
+             "seeds.",
+             "python run_exps.py --study local_rules_cl"),
     Headline("ntk", "table:adaptation",
              "Fast adaptation to the next task of split Fashion-MNIST: fine-tuning against the NTK-GP "
              "with the trained network's kernel; 3 seeds.",
@@ -79,9 +93,10 @@ def section(h: Headline, docs: Path) -> str:
 
 def render(readme: str, docs: Path) -> str:
     for h in HEADLINES:
-        pattern = re.compile(rf"(<!-- readme:{h.stem}:begin -->\n).*?(<!-- readme:{h.stem}:end -->)", re.S)
+        key = re.escape(h.key)
+        pattern = re.compile(rf"(<!-- readme:{key}:begin -->\n).*?(<!-- readme:{key}:end -->)", re.S)
         if not pattern.search(readme):
-            raise ValueError(f"README.md has no <!-- readme:{h.stem}:begin/end --> markers")
+            raise ValueError(f"README.md has no <!-- readme:{h.key}:begin/end --> markers")
         body = section(h, docs)
         readme = pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), readme)
     return readme
@@ -102,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if new != old:
         path.write_text(new, encoding="utf-8")
-    print("README.md results: " + ", ".join(h.stem for h in HEADLINES))
+    print("README.md results: " + ", ".join(h.key for h in HEADLINES))
     return 0
 
 
