@@ -244,7 +244,7 @@ def test_command_line_mistakes_exit_2_with_one_message(capfd, world, results, ar
 
 @pytest.mark.parametrize("body, lines", [
     ("[x]\ndescription = typo\nhiden_units = 3\n",
-     ["[x] hiden_units: unknown key (did you mean 'hidden_units'?)"]),
+     ["[x] hiden_units: unknown key (did you mean 'hidden_units' or 'hidden_widths'?)"]),
     ("[x]\ndescription = out of range\npercent_on_fc = 1.5\n", ["[x] percent_on_fc: "]),
     ("[x]\ndescription = wrong type\ntrain_ep = two\n", ["[x] train_ep: expected an integer >= 1, got 'two'"]),
     ("[x]\ndescription = contradiction\nmnist_mode = split\nnum_batch = 3\n", ["[x] num_batch: "]),

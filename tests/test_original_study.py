@@ -101,7 +101,7 @@ def test_imagenet_scaling_uses_imagenet_channel_statistics(root):
 def test_imagenet_scaling_needs_colour_images(fashion):
     with pytest.raises(ValueError, match="imagenet.*1 channel"):
         scenario_from_dataset(fashion, "permutations", 2, input_scaling="imagenet")
-    with pytest.raises(ValueError, match="input scaling must be one of standard, unit, imagenet"):
+    with pytest.raises(ValueError, match="input scaling must be one of standard, unit, symmetric, imagenet"):
         scenario_from_dataset(fashion, "permutations", 2, input_scaling="minmax")
 
 
@@ -211,7 +211,7 @@ def test_new_keys_defaults_and_values(tmp_path):
     assert (c.input_scaling, c.permutation_rng, c.train_order) == ("standard", "seeded", "shuffle")
     c = cfg(input_scaling="unit", permutation_rng="original", train_order="original")
     assert (c.input_scaling, c.permutation_rng, c.train_order) == ("unit", "original", "original")
-    with pytest.raises(ConfigError, match="input_scaling.*one of standard, unit, imagenet"):
+    with pytest.raises(ConfigError, match="input_scaling.*one of standard, unit, symmetric, imagenet"):
         cfg(input_scaling="minmax")
     with pytest.raises(ConfigError, match="train_order.*one of shuffle, original"):
         cfg(train_order="fixed")
@@ -292,14 +292,21 @@ def test_new_experiments_keep_the_toolkit_protocol(shipped):
     # the constraint ladder adds one constraint at a time to MLP_1LayerSparse: same protocol
     ladder = {"MLP_1LayerSparse_Conn10", "MLP_1LayerSparse_Conn10_Dale",
               "MLP_1LayerSparse_Conn10_Dale_NTE", "MLP_1LayerSparse_Grow_Dale_NTE",
-              "MLP_1LayerSparse_GrowFrozen_Dale_NTE"}
+              "MLP_1LayerSparse_GrowFrozen_Dale_NTE", "MLP_1LayerSparse_Grow_Dale_Replay",
+              "MLP_1LayerSparse_Grow5_Dale_Replay5000"}
     for name in ladder:
         assert (shipped[name].input_scaling, shipped[name].permutation_rng,
                 shipped[name].train_order) == ("unit", "original", "original"), name
+    # sections reproducing another paper take that paper's inputs, and otherwise the toolkit's
+    # protocol: van de Ven & Tolias x/255 (unit); the IB-Hebbian / HSIC papers (x/255 - 0.5)/0.5
+    papers = {name: "unit" for name in shipped if name.startswith("pmnist_vdv_")}
+    papers.update({name: "symmetric" for name in shipped
+                   if name.startswith(("ibh_", "hsic_", "lr_pfmnist_", "lr_sfmnist_"))})
+    assert len(papers) >= 20
     for name, c in shipped.items():
         if name not in original | ladder:
             assert (c.input_scaling, c.permutation_rng, c.train_order, c.conv_layers) == \
-                ("standard", "seeded", "shuffle", 2), name
+                (papers.get(name, "standard"), "seeded", "shuffle", 2), name
 
 
 class _Scenario:
