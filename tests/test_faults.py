@@ -795,6 +795,13 @@ def test_readme_shortened_commands_never_pool_configurations(capfd, world, resul
 # =============================================================================================
 # Processes: signals, kill -9, two runs of one trial, worker processes
 # =============================================================================================
+def _as_foreground_job() -> None:
+    """A terminal's foreground job receives Ctrl-C; one started with ``&`` by a non-interactive
+    shell (e.g. a CI script run in the background) inherits SIGINT ignored, and Python then keeps
+    it ignored. The run under test is a foreground job whatever started the test suite."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Running:
     """``run_exps.py`` started in a session of its own (so a signal to its process group reaches
     it and its workers, never pytest), stdout and stderr to files."""
@@ -807,7 +814,8 @@ class Running:
             self.proc = subprocess.Popen(
                 [sys.executable, str(REPO / "run_exps.py"), "--config", str(world.cfg),
                  "--results-dir", str(results), "--threads", "1", *args],
-                cwd=REPO, env=_env(), stdout=fo, stderr=fe, start_new_session=True)
+                cwd=REPO, env=_env(), stdout=fo, stderr=fe, start_new_session=True,
+                preexec_fn=_as_foreground_job)
 
     def wait_for(self, pattern: str, timeout: float = 120) -> Path:
         deadline = time.monotonic() + timeout
