@@ -26,29 +26,17 @@ from sparse_nte.rules.local import LocalOptimizerSpec, build_local_optimizer
 from sparse_nte.rules.reservoir import Reservoir, ReservoirSpec
 from sparse_nte.rules.streams import IBHebbianStreams
 from sparse_nte.seams import Batch, BuildEnv, Objective, Strategy
+from scenario_cases import FakeScenario as _FakeScenario
 
 D = torch.float64
 
 
 @dataclass(frozen=True)
-class FakeScenario:
-    """The attributes of benchmarks.Scenario that models use."""
-    setting: str = "task"
+class FakeScenario(_FakeScenario):
+    """The shared stand-in at this module's sizes."""
     num_tasks: int = 2
     input_shape: tuple = (1, 4, 4)
     head_size: int = 3
-    name: str = "fake"
-
-    @property
-    def tasks(self):
-        return tuple(range(self.num_tasks))
-
-    @property
-    def num_heads(self):
-        return self.num_tasks if self.setting == "task" else 1
-
-    def head_of(self, task_index):
-        return task_index if self.setting == "task" else 0
 
 
 def net(scenario=FakeScenario(), dtype=D, **overrides):

@@ -2,7 +2,6 @@
 activity measured before dropout, determinism, and Dale's law / mask invariants under training."""
 import math
 import pickle
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -15,27 +14,9 @@ from models import ADDED_KEYS, CNN, MLP, MODEL_KEYS, ExcitatoryKWinners, NetSpec
 from sparse_nte.dale import constrain_optimizer, num_excitatory
 from sparse_nte.layers import KWinners, KWinners2d, SparseWeights, SparseWeights2d, SparseWeightsBase
 from sparse_nte.stats import model_stats
+from scenario_cases import FakeScenario
 
 
-@dataclass(frozen=True)
-class FakeScenario:
-    """Stand-in with the attributes of benchmarks.Scenario that models use."""
-    setting: str = "task"
-    num_tasks: int = 3
-    input_shape: tuple = (1, 12, 12)
-    head_size: int = 2
-    name: str = "fake"
-
-    @property
-    def tasks(self):
-        return tuple(range(self.num_tasks))
-
-    @property
-    def num_heads(self):
-        return self.num_tasks if self.setting == "task" else 1
-
-    def head_of(self, task_index):
-        return task_index if self.setting == "task" else 0
 
 
 def config(**overrides):
