@@ -39,6 +39,20 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def black_level(scaling: str, mean: Sequence[float], std: Sequence[float]) -> tuple[float, ...]:
+    """The value a black pixel (0) takes in every channel under ``scaling`` (``mean``/``std``
+    are the dataset's statistics, used by ``standard``)."""
+    channels = len(mean)
+    check_scaling(scaling, channels)
+    if scaling == "unit":
+        return (0.0,) * channels
+    if scaling == "symmetric":
+        return (-1.0,) * channels
+    if scaling == "imagenet":
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    return tuple(-m / s for m, s in zip(mean, std))
+
+
 def check_scaling(scaling: str, channels: int) -> None:
     """Raise ValueError unless ``scaling`` is one of :data:`SCALINGS` and applies to images
     with ``channels`` channels (``imagenet`` needs 3)."""

@@ -153,8 +153,8 @@ class ChannelLayerNorm(nn.Module):
 
 
 class HiddenBlock(nn.Module):
-    """``dropout(norm(activation(layer(x))))``; ``norm`` is the identity unless the network has
-    ``layer_norm`` on.
+    """``pool(dropout(norm(activation(layer(x)))))``; ``norm`` is the identity unless the network
+    has ``layer_norm`` on, ``pool`` (average pooling of conv maps) unless ``conv_pool > 1``.
 
     The parts are separate submodules so that the network can observe the activation BEFORE
     normalisation and dropout (activity statistics must not count the units dropout silenced),
@@ -162,12 +162,18 @@ class HiddenBlock(nn.Module):
     """
 
     def __init__(self, layer: nn.Module, activation: nn.Module, dropout: float,
-                 dropout_draws: str = "all", norm: Optional[nn.Module] = None) -> None:
+                 dropout_draws: str = "all", norm: Optional[nn.Module] = None,
+                 pool: int = 1) -> None:
         super().__init__()
         self.layer = layer
         self.activation = activation
         self.norm = norm if norm is not None else nn.Identity()
         self.dropout = Dropout(dropout, draws=dropout_draws) if dropout > 0 else nn.Identity()
+        self.pool = nn.AvgPool2d(pool) if pool > 1 else nn.Identity()
+
+    def pass_on(self, z: torch.Tensor) -> torch.Tensor:
+        """What the next layer receives from the block's output ``z``: ``pool(dropout(z))``."""
+        return self.pool(self.dropout(z))
 
     def activate(self, h: torch.Tensor) -> torch.Tensor:
         """``activation(h)``; a plain ReLU without autograd (evaluation) runs in place on the
@@ -178,15 +184,15 @@ class HiddenBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.layer(x)
-        act, norm, drop = self.activation, self.norm, self.dropout
+        act, norm, drop, pool = self.activation, self.norm, self.dropout, self.pool
         if not torch.is_grad_enabled():
-            return drop(norm(self.activate(h)))
+            return pool(drop(norm(self.activate(h))))
         if (isinstance(drop, Dropout) and type(act) is KWinners and act.training
                 and type(norm) is nn.Identity):
             fused = drop.winner_scales(h)
             if fused is not None:
-                return act(h, dropout=fused)   # the dropout applied to the k winners only
-        return drop(norm(act(h)))
+                return act(h, dropout=fused)   # the dropout applied to the k winners only (fc)
+        return pool(drop(norm(act(h))))
 
 
 class ExcitatoryKWinners(nn.Module):

@@ -5,8 +5,17 @@ Architectures (as the original project's SimpleMLP / SimpleCNN; Pervasive-AI-Lab
 
     MLP: flatten -> hidden_layers x [Linear(hidden_units) -> act -> norm -> dropout] -> head(s)
     CNN: conv_layers x [Conv2d(64, then 128 channels, 5x5, stride 1, no padding) -> act -> norm
-         -> dropout] -> flatten -> hidden_layers x [Linear(hidden_units) -> act -> norm -> dropout]
-         -> head(s)
+         -> dropout -> pool] -> flatten -> hidden_layers x [Linear(hidden_units) -> act -> norm
+         -> dropout] -> head(s)
+
+    pool, conv_pool 1 (default): identity;  conv_pool p > 1: average pooling p x p, stride p
+
+``conv_channels`` (e.g. ``128,256``), ``conv_kernel`` and ``conv_padding`` (valid | same) change
+the convolutions, and ``hidden_layers = 0`` feeds the flattened (pooled) maps to the heads: the
+CNN of Daruwalla & Lipasti (2024) is ``conv_channels = 128,256``, ``conv_kernel = 3``,
+``conv_padding = same``, ``conv_pool = 2``, ``hidden_layers = 0``, ``layer_norm = true``
+(3x3 convolutions with zero padding, ReLU, LayerNorm over channels, 2x2 average pooling, then
+one dense output layer).
 
     norm, layer_norm False (default): identity
     norm, layer_norm True:  LayerNorm without affine parameters over the units (fc) or over the
@@ -73,13 +82,14 @@ from models.activity import ActivityRecorder
 from models.blocks import ChannelLayerNorm, ExcitatoryKWinners, HiddenBlock
 from models.spec import NetSpec
 from sparse_nte.dale import assign_signs, dale_init_
+from sparse_nte.config.groups.model import ORIGINAL_CONV_CHANNELS
 from sparse_nte.layers import KWinners, KWinners2d, SparseWeights, SparseWeights2d, SparseWeightsBase
 from sparse_nte.sparse_exec import resolve_sparse_exec
 
 __all__ = ["Net", "MLP", "CNN", "CONV_CHANNELS", "CONV_KERNEL"]
 
-CONV_CHANNELS = (64, 128)
-CONV_KERNEL = 5
+CONV_CHANNELS = ORIGINAL_CONV_CHANNELS
+CONV_KERNEL = 5      # the original's kernel side (the default of conv_kernel)
 
 
 @dataclass(frozen=True)
@@ -91,6 +101,10 @@ class _LayerPlan:
     density: float     # fraction of non-zero weights
     percent_on: float
     relu_first: bool   # a ReLU precedes the k-WTA (CNN) or not (MLP)
+    kernel: int = 0    # conv: kernel side
+    padding: int = 0   # conv: zero padding per side
+    pool: int = 1      # conv: average pooling after the block (1 = none)
+    passed: int = 1    # locations per unit passed on (after pooling): what flattening sees
 
 
 def _generators(seed: int) -> dict[str, torch.Generator]:
@@ -157,8 +171,8 @@ class Net(nn.Module):
         self._recorder: Optional[ActivityRecorder] = None
 
         plans = self._plan(spec, shape)
-        self.flatten_before = next(i for i, p in enumerate(plans) if not p.conv)
-        self._positions = tuple(p.positions for p in plans)
+        self.flatten_before = next((i for i, p in enumerate(plans) if not p.conv), len(plans))
+        self._passed = tuple(p.passed for p in plans)     # locations per unit after pooling
         gen = _generators(spec.seed)
 
         # Signs: the input units (if constrained), then the units of every hidden layer.
@@ -172,17 +186,18 @@ class Net(nn.Module):
         for i, plan in enumerate(plans):
             pre_sign = input_sign if i == 0 else unit_signs[i - 1] if unit_signs else None
             if pre_sign is not None and i == self.flatten_before and i > 0:
-                pre_sign = pre_sign.repeat_interleave(plans[i - 1].positions)   # channel -> C*H*W
+                pre_sign = pre_sign.repeat_interleave(plans[i - 1].passed)   # channel -> C*H*W
             layer = self._make_layer(plan, pre_sign, gen, where=f"hidden layer {i}")
             activation = self._make_activation(plan, unit_signs[i] if unit_signs else None)
             blocks.append(HiddenBlock(layer, activation, spec.dropout, spec.dropout_draws,
-                                      self._make_norm(plan)))
+                                      self._make_norm(plan), plan.pool))
         self.blocks = nn.ModuleList(blocks)
 
         last = plans[-1]
-        head_sign = unit_signs[-1] if unit_signs else None
+        head_sign = unit_signs[-1].repeat_interleave(last.passed) if unit_signs else None
         self.heads = nn.ModuleList(
-            self._make_layer(_LayerPlan(False, last.n_out, head_size, 1, spec.weight_sparsity_head,
+            self._make_layer(_LayerPlan(False, last.n_out * last.passed, head_size, 1,
+                                        spec.weight_sparsity_head,
                                         1.0, False),
                              head_sign, gen, where=f"head {k}", key="weight_sparsity_head")
             for k in range(num_heads))
@@ -204,7 +219,7 @@ class Net(nn.Module):
                     gen: dict[str, torch.Generator], where: str,
                     key: Optional[str] = None) -> nn.Module:
         if plan.conv:
-            module = skip_init(nn.Conv2d, plan.n_in, plan.n_out, CONV_KERNEL)
+            module = skip_init(nn.Conv2d, plan.n_in, plan.n_out, plan.kernel, padding=plan.padding)
         else:
             module = skip_init(nn.Linear, plan.n_in, plan.n_out)
         _default_init_(module, gen["init"])
@@ -283,7 +298,9 @@ class Net(nn.Module):
             else:   # observe the activation before dropout
                 h = block.activate(block.layer(h))
                 recorder.record(i, h)
-                h = block.dropout(block.norm(h))
+                h = block.pass_on(block.norm(h))
+        if self.flatten_before == len(self.blocks):
+            h = h.flatten(1)
         return self._route(h, t)
 
     def _check_input(self, x: torch.Tensor) -> None:
@@ -336,7 +353,7 @@ class Net(nn.Module):
             nxt = self.blocks[i + 1].layer if i + 1 < len(self.blocks) else self.heads[0]
             sign = _dale_sign(nxt)
             if sign is not None and i + 1 == self.flatten_before:
-                sign = sign[:: self._positions[i]]   # one entry per channel
+                sign = sign[:: self._passed[i]]   # one entry per channel
             out.append(sign)
         return out
 
@@ -385,21 +402,24 @@ class MLP(Net):
 
 
 class CNN(Net):
-    """``conv_layers`` 5x5 convolutions (64, then 128 channels, valid padding) then
-    ``hidden_layers`` fc layers."""
+    """Convolutions (``conv_channels``, or the original's ``conv_layers`` of 64 then 128
+    channels; ``conv_kernel`` x ``conv_kernel``, ``conv_padding``, then ``conv_pool`` average
+    pooling) then ``hidden_layers`` fc layers (none: the flattened maps feed the heads)."""
 
     def _plan(self, spec: NetSpec, input_shape: tuple[int, int, int]) -> list[_LayerPlan]:
         c, h, w = input_shape
-        convs = CONV_CHANNELS[:spec.conv_layers]
-        shrink = len(convs) * (CONV_KERNEL - 1)
-        if h <= shrink or w <= shrink:
-            raise ValueError(f"CNN: input {h}x{w} is too small for {len(convs)} "
-                             f"{CONV_KERNEL}x{CONV_KERNEL} valid convolutions (needs > {shrink} pixels "
-                             f"per side)")
+        k, pool = spec.conv_kernel, spec.conv_pool
+        pad = (k - 1) // 2 if spec.conv_padding == "same" else 0
         plans, n_in = [], c
-        for i, channels in enumerate(convs):
-            side_h, side_w = h - (i + 1) * (CONV_KERNEL - 1), w - (i + 1) * (CONV_KERNEL - 1)
-            plans.append(_LayerPlan(True, n_in, channels, side_h * side_w, spec.weight_sparsity_conv,
-                                    spec.percent_on_conv, True))
+        for i, channels in enumerate(spec.conv_widths):
+            out_h, out_w = h + 2 * pad - k + 1, w + 2 * pad - k + 1
+            if min(out_h, out_w) < max(1, pool):
+                raise ValueError(f"CNN: input {input_shape[1]}x{input_shape[2]} is too small for "
+                                 f"{len(spec.conv_widths)} {k}x{k} {spec.conv_padding} convolutions"
+                                 f"{f' with {pool}x{pool} pooling' if pool > 1 else ''}: "
+                                 f"convolution {i} would see {h}x{w} and output {out_h}x{out_w}")
+            h, w = out_h // pool, out_w // pool
+            plans.append(_LayerPlan(True, n_in, channels, out_h * out_w, spec.weight_sparsity_conv,
+                                    spec.percent_on_conv, True, k, pad, pool, h * w))
             n_in = channels
-        return plans + self._fc_plans(spec, n_in * plans[-1].positions, relu_first=True)
+        return plans + self._fc_plans(spec, n_in * plans[-1].passed, relu_first=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 from sparse_nte.config import SCHEMA, check_key
-from sparse_nte.config.groups.model import parse_widths
+from sparse_nte.config.groups.model import ORIGINAL_CONV_CHANNELS, parse_widths
 
 __all__ = ["NetSpec", "MODEL_KEYS"]
 
@@ -21,10 +21,18 @@ class NetSpec:
     """Architecture of an MLP or CNN built by :func:`models.build_model`.
 
     Attributes (config keys of the same name):
-        cnn: 5x5 convolutions (64, then 128 channels) before the fully connected layers.
-        conv_layers: number of those convolutions, 1 or 2 (CNN only).
+        cnn: convolutions (by default the original's 5x5, 64 then 128 channels) before the
+            fully connected layers.
+        conv_layers: number of the original's convolutions, 1 or 2 (CNN only).
+        conv_channels: the channels of each convolution, comma-separated text (``"128,256"``);
+            empty (default) = the original's, ``conv_layers`` of them. Optional key.
+        conv_kernel: side of the square kernels (5). Optional key.
+        conv_padding: "valid" (default) or "same" (zero padding, odd kernels). Optional key.
+        conv_pool: average pooling window and stride after every convolution block, applied
+            to what the next layer receives (1 = none, default). Optional key.
         hidden_units: width of every fully connected hidden layer.
-        hidden_layers: number of fully connected hidden layers (>= 1).
+        hidden_layers: number of fully connected hidden layers (>= 1; 0 allowed for a CNN,
+            whose flattened convolution output then feeds the heads).
         hidden_widths: the width of each fully connected hidden layer, comma-separated text
             (``"128,64"``); empty (default) = ``hidden_layers`` layers of ``hidden_units``.
             Optional key.
@@ -83,20 +91,36 @@ class NetSpec:
     layer_norm: bool = SCHEMA["layer_norm"].default
     weight_sparsity_head: float = SCHEMA["weight_sparsity_head"].default
     hidden_widths: str = SCHEMA["hidden_widths"].default
+    conv_channels: str = SCHEMA["conv_channels"].default
+    conv_kernel: int = SCHEMA["conv_kernel"].default
+    conv_padding: str = SCHEMA["conv_padding"].default
+    conv_pool: int = SCHEMA["conv_pool"].default
 
     def __post_init__(self) -> None:
         for f in fields(self):
             _check(f.name, getattr(self, f.name))
-        try:
-            parse_widths(self.hidden_widths)
-        except ValueError as exc:
-            raise ValueError(f"build_model: config key 'hidden_widths' = {self.hidden_widths!r} "
-                             f"is invalid: {exc}") from None
+        for name in ("hidden_widths", "conv_channels"):
+            try:
+                parse_widths(getattr(self, name))
+            except ValueError as exc:
+                raise ValueError(f"build_model: config key {name!r} = {getattr(self, name)!r} "
+                                 f"is invalid: {exc}") from None
+        if not self.fc_widths and not self.cnn:
+            raise ValueError("build_model: an MLP needs at least one hidden layer "
+                             "(hidden_layers >= 1); only a CNN may feed its heads directly")
+        if self.cnn and self.conv_padding == "same" and self.conv_kernel % 2 == 0:
+            raise ValueError(f"build_model: conv_padding = 'same' needs an odd conv_kernel, got "
+                             f"{self.conv_kernel}")
 
     @property
     def fc_widths(self) -> tuple[int, ...]:
         """The width of every fully connected hidden layer, first to last."""
         return parse_widths(self.hidden_widths) or (self.hidden_units,) * self.hidden_layers
+
+    @property
+    def conv_widths(self) -> tuple[int, ...]:
+        """The channels of every convolution, first to last (CNN only)."""
+        return parse_widths(self.conv_channels) or ORIGINAL_CONV_CHANNELS[:self.conv_layers]
 
     @classmethod
     def from_config(cls, config: Any) -> "NetSpec":
@@ -120,7 +144,8 @@ MODEL_KEYS: tuple[str, ...] = tuple(f.name for f in fields(NetSpec))
 #: Model keys added after the first release: a plain mapping without them (written for an
 #: earlier version) gets their schema default.
 ADDED_KEYS: tuple[str, ...] = ("dropout_draws", "conv_layers", "layer_norm", "weight_sparsity_head",
-                              "hidden_widths")
+                              "hidden_widths", "conv_channels", "conv_kernel", "conv_padding",
+                              "conv_pool")
 
 
 def _check(name: str, value: Any) -> None:

@@ -44,6 +44,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from benchmarks.augment import crop_flip
+from benchmarks.batching import black_level
 from benchmarks.original import original_train_rows
 from sparse_nte import stats as model_stats
 from sparse_nte.config import Config, config_from_dict
@@ -85,10 +87,11 @@ def _seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-def _shuffle_generator(seed: int, task: int, epoch: int) -> torch.Generator:
+def _shuffle_generator(seed: int, task: int, epoch: int, stream: int = 0x5348) -> torch.Generator:
     """Batch order of (seed, task, epoch): a pure function of the three numbers, the same in
-    every process (unlike ``hash()``, which Python salts per process)."""
-    state = np.random.SeedSequence([int(seed), int(task), int(epoch), 0x5348]).generate_state(2, np.uint32)
+    every process (unlike ``hash()``, which Python salts per process). Another ``stream``
+    (augmentation: ``0x4147``) gives independent draws from the same three numbers."""
+    state = np.random.SeedSequence([int(seed), int(task), int(epoch), stream]).generate_state(2, np.uint32)
     return torch.Generator().manual_seed((int(state[0]) << 31) ^ int(state[1]))
 
 
@@ -134,6 +137,16 @@ def _nonfinite_parameter(model: nn.Module) -> Optional[str]:
     return None
 
 
+def _augmenter(scenario, ctx: TaskContext, epoch: int) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+    """The training-batch augmentation of this epoch (None without one): its own generator of
+    (seed, task, epoch), so the batch order is that of the run without augmentation."""
+    if ctx.augment == "none":
+        return None
+    gen = _shuffle_generator(ctx.seed, ctx.task, epoch, stream=0x4147)
+    fill = black_level(scenario.input_scaling, scenario.mean, scenario.std)
+    return lambda x: crop_flip(x, fill, gen)
+
+
 def _train_task(learner: Learner, ctx: TaskContext, progress: bool,
                 curve: Optional[int] = None) -> Dict[str, Any]:
     """Train task ``ctx.task`` for its epochs. ``curve`` (config ``epoch_eval_train`` when
@@ -164,8 +177,11 @@ def _train_task(learner: Learner, ctx: TaskContext, progress: bool,
             n_batches = min(n_batches, ctx.step_limit - done)
             batches = itertools.islice(batches, n_batches)
         last_epoch = []
+        augment = _augmenter(scenario, ctx, epoch)
         for x, y, t, index in tqdm(batches, total=n_batches, desc="batches", leave=False,
                                    disable=not progress, mininterval=0.5):
+            if augment is not None:
+                x = augment(x)
             loss = learner.train_step(Batch(x, y, t, index))
             done += 1
             if not math.isfinite(loss):
@@ -355,7 +371,7 @@ def run_trial(config: Any, results_dir: PathLike = "results", *, folder: Optiona
         ctx = TaskContext(task=i, num_tasks=num_tasks, scenario=scenario, model=model, device=device,
                           seed=seed, steps=steps[i], epochs=epochs[i],
                           batch_size=config.mb_size, train_order=config.train_order,
-                          step_limit=config.train_iters)
+                          step_limit=config.train_iters, augment=config.augment)
         try:
             train_info = _train_task(learner, ctx, progress,
                                      config.epoch_eval_train if config.epoch_eval else None)

@@ -107,6 +107,7 @@ class TaskContext:
     train_order: str = "shuffle"  # "original": every epoch uses the original project's fixed rows
     step_limit: int = 0           # > 0 (train_iters): the task stops after this many steps,
                                   # in the middle of its last epoch
+    augment: str = "none"         # training-batch augmentation (benchmarks.augment)
 
     def train_batches(self, *, batch_size: Optional[int] = None, rows: Optional[torch.Tensor] = None,
                       shuffle: bool = False, generator: Optional[torch.Generator] = None):

@@ -125,13 +125,13 @@ class HSICBottleneck(LocalRule):
                 hy.append(float(zy.detach()))
                 with torch.no_grad(), frozen_duty_cycles(model):
                     z = block_forward(model, i, h)
-                h = model.blocks[i].dropout(z)
+                h = model.blocks[i].pass_on(z)
             self._add("hsic_zx", hx)
             self._add("hsic_zy", hy)
         else:
             with torch.no_grad():
                 for i in range(len(model.blocks)):
-                    h = model.blocks[i].dropout(block_forward(model, i, h))
+                    h = model.blocks[i].pass_on(block_forward(model, i, h))
             self._count("hsic_skipped_batches")
 
         logits = heads_forward(model, h, batch.t)

@@ -1,10 +1,10 @@
 """Layer-local forward passes of the toolkit's networks (:class:`models.Net`), for learning
 rules whose errors never cross layers.
 
-For hidden block l of a ``Net`` (``blocks[l] = dropout(norm(activation(layer(.))))``)::
+For hidden block l of a ``Net`` (``blocks[l] = pool(dropout(norm(activation(layer(.)))))``)::
 
     z_l = norm_l(activation_l(layer_l(h_{l-1})))        the block's output (before dropout)
-    h_l = dropout_l(z_l)                                what the next layer receives
+    h_l = pool_l(dropout_l(z_l))                        what the next layer receives
     logits = head_{t}(h_L)
 
 :func:`local_forward` returns every ``z_l`` with each block's input DETACHED, so a cotangent
@@ -55,7 +55,7 @@ def block_forward(model: nn.Module, index: int, h: torch.Tensor) -> torch.Tensor
 def local_forward(model: nn.Module, x: torch.Tensor, upto: Optional[int] = None
                   ) -> Tuple[List[torch.Tensor], torch.Tensor]:
     """Outputs ``[z_0, ..., z_l]`` of the hidden blocks up to ``upto`` (default: all), every
-    block's input detached (module docstring), and ``h_l = dropout_l(z_l)``, what the next stage
+    block's input detached (module docstring), and ``h_l = pool_l(dropout_l(z_l))``, what the next stage
     receives (the heads, after the last block)."""
     model._check_input(x)
     last = len(model.blocks) - 1 if upto is None else upto
@@ -64,13 +64,14 @@ def local_forward(model: nn.Module, x: torch.Tensor, upto: Optional[int] = None
     for i in range(last + 1):
         z = block_forward(model, i, h.detach())
         zs.append(z)
-        h = model.blocks[i].dropout(z)
+        h = model.blocks[i].pass_on(z)
     return zs, h
 
 
 def heads_forward(model: nn.Module, h: torch.Tensor, t: Optional[torch.Tensor]) -> torch.Tensor:
-    """Logits of the heads on the last block's (detached) output ``h``, routed by task ids."""
-    return model._route(h.detach(), t)
+    """Logits of the heads on the last block's (detached) output ``h`` (flattened, for a CNN
+    without fc layers), routed by task ids."""
+    return model._route(h.detach().flatten(1), t)
 
 
 @contextmanager

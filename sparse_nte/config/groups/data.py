@@ -13,6 +13,7 @@ from sparse_nte.config.fields import key
 if TYPE_CHECKING:  # pragma: no cover
     from sparse_nte.config.resolve import Resolver
 
+from benchmarks.augment import AUGMENTATIONS
 from benchmarks.batching import SCALINGS
 from benchmarks.scenarios import DATASETS, MODES, PERMUTATION_RNGS, SETTINGS
 from benchmarks.sources import SOURCES
@@ -82,6 +83,12 @@ class DataKeys:
             "imagenet "
             "(ImageNet's channel statistics, the original project's iCIFAR input; 3-channel datasets "
             "only).")
+    augment: str = key(
+        "none", choices=AUGMENTATIONS,
+        doc="Augmentation of training batches: none, or crop_flip (each image shifted by a random "
+            "crop of itself padded with one black pixel per side, then mirrored left-right with "
+            "probability 1/2: the CIFAR-10 augmentation of Daruwalla & Lipasti's reference code). "
+            "Class splits only (a shifted permuted image is no image).")
     permutation_rng: str = key(
         "seeded", choices=PERMUTATION_RNGS,
         doc="permutations: task i's pixel permutation drawn from (seed, i) (seeded) or the original "
@@ -112,6 +119,11 @@ def check(r: "Resolver") -> None:
         r.fail(r.conflict(f"{w('benchmark')} splits the classes into tasks (permuted CIFAR is not "
                           f"supported), but {w('mnist_mode')}; set mnist_mode = split",
                           "mnist_mode", "benchmark"))
+    if v["augment"] != "none" and v["mnist_mode"] == "permutations":
+        r.fail(r.conflict(f"{w('augment')} shifts and mirrors images, but {w('mnist_mode')} "
+                          f"scrambles their pixels, so neighbouring inputs are no neighbouring "
+                          f"pixels; use augment = none or mnist_mode = split",
+                          "augment", "mnist_mode"))
     n_classes = DATASET_CLASSES[v["dataset"]]
     if v["input_scaling"] == "imagenet" and SOURCES[v["dataset"]].input_shape[0] != 3:
         r.fail(r.conflict(f"{w('input_scaling')} normalises 3 RGB channels with ImageNet's statistics, "

@@ -45,8 +45,9 @@ class KWTAKeys:
 def check(r: "Resolver") -> None:
     v = r.values
     # k-WTA needs at least one winner in each hidden fc layer (k as in sparse_nte.layers.KWinners)
-    n = min(fc_widths(v))
-    if v["sparsify"] and round(n * v["percent_on_fc"]) < 1:
+    widths = fc_widths(v)
+    n = min(widths) if widths else 0
+    if widths and v["sparsify"] and round(n * v["percent_on_fc"]) < 1:
         size = "hidden_units" if not v["hidden_widths"] else "the narrowest of hidden_widths"
         r.fail(r.conflict(f"k = round({size} * percent_on_fc) = round({n} * "
                           f"{v['percent_on_fc']}) = 0 winners; percent_on_fc must exceed "
