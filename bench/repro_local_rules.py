@@ -147,6 +147,15 @@ def run_bp(args) -> None:
             h = F.layer_norm(h, (h.shape[-1],))
         return torch.baddbmm(params[-1].unsqueeze(1), h, params[-2].transpose(1, 2))
 
+    ckpt = args.out.with_suffix(".pt")
+    if log.done:
+        if not ckpt.exists():
+            raise SystemExit(f"{args.out} has results but no checkpoint {ckpt}; delete it to restart")
+        state = torch.load(ckpt, weights_only=False)
+        with torch.no_grad():
+            for p, saved in zip(params, state["params"]):
+                p.copy_(saved)
+        opt.load_state_dict(state["optimizer"])
     for epoch in range(log.done, args.epochs):
         t0 = time.time()
         rows = torch.stack([order(seed, epoch, len(ytr)) for seed in range(s)])
@@ -160,6 +169,7 @@ def run_bp(args) -> None:
             opt.step()
         with torch.no_grad():
             pred = forward(xte.flatten(1).unsqueeze(0).expand(s, -1, -1)).argmax(-1)
+        torch.save({"params": [p.detach() for p in params], "optimizer": opt.state_dict()}, ckpt)
         log.add((pred == yte).float().mean(1).tolist(), time.time() - t0)
 
 
