@@ -3,11 +3,15 @@
 Reads, from ``--dir``:
 
 * ``ib_n8.json``, ``bp.json``, ``hsic.json`` (``bench/repro_local_rules.py``: test accuracy of
-  every seed after every epoch): accuracy after epochs 1, 5 and 25 (those run), mean +- sd over
-  seeds, beside the published figures (ANCHORS);
+  every seed after every epoch, first 10k training images) and ``ib_full.json``,
+  ``bp_full.json``, ``hsic_full.json`` (all 60k): accuracy after epochs 1, 5 and 25 (those
+  run), mean +- sd over seeds, beside the published figures (ANCHORS);
 * ``ib_n<N>.json`` for the window sweep: test accuracy after epoch 1 for every N found;
 * ``bench_local_rules*.json`` (``bench/bench_local_rules.py --json``): samples per second of one
   and 32 streams against the GEMM bound measured in the same run.
+
+* with ``--reservoir-results``, the run_exps results of ``ibh_fmnist`` and
+  ``ibh_fmnist_reservoir`` (test accuracy after every epoch, the reservoir's tracking error).
 
 Missing files leave their rows out (stated under the table). Run:
 ``python bench/local_rules_tables.py --dir /work/runs/r_local/repro --bench PATH``.
@@ -27,8 +31,13 @@ ANCHORS: Dict[str, Dict[int, str]] = {
     "bp": {5: "≈87.5 (F-MNIST, HSIC paper's backprop)", 25: "≈97.5 (MNIST, IB-Hebbian paper)"},
     "hsic": {5: "≈86.5 (F-MNIST)"},
 }
-LABELS = {"ib_n8": "IB-Hebbian, exact signal, N = 8", "bp": "backprop (AdamW 1e-3, batch 6)",
+_RULES = {"ib_n8": "IB-Hebbian, exact signal, N = 8", "bp": "backprop (AdamW 1e-3, batch 6)",
           "hsic": "HSIC bottleneck (3x256, heads formatted online)"}
+#: file stem -> row label: runs on the first 10,000 training images, then on all 60,000
+#: (``ib_full.json``, ``bp_full.json``, ``hsic_full.json``)
+LABELS = {k: f"{v}, first 10k images" for k, v in _RULES.items()}
+LABELS.update({f"{k.split('_')[0]}_full": f"{v}, all 60k images" for k, v in _RULES.items()})
+ANCHORS.update({f"{k.split('_')[0]}_full": v for k, v in list(ANCHORS.items())})
 
 
 def mean_sd(values: Sequence[float]) -> str:
@@ -74,6 +83,35 @@ def window_table(folder: Path) -> str:
     return "\n".join(rows)
 
 
+def reservoir_table(results_dir: Path) -> str:
+    """Test accuracy after every epoch of the run_exps sections ``ibh_fmnist`` (exact signal) and
+    ``ibh_fmnist_reservoir`` (reservoir signal) found in ``results_dir`` (variant folders of the
+    same overrides side by side), with the reservoir's relative tracking error per layer."""
+    from sparse_nte.results import load_result
+
+    rows = ["| signal | overrides | seeds | " + " | ".join(f"epoch {e}" for e in range(1, 6))
+            + " | tracking error (layer 1, 2) |", "|---" * 9 + "|"]
+    for folder in sorted(results_dir.glob("ibh_fmnist*")):
+        name, _, overrides = folder.name.partition("+")
+        if name not in ("ibh_fmnist", "ibh_fmnist_reservoir"):
+            continue
+        runs = [load_result(p) for p in sorted(folder.glob("seed*.pkl"))]
+        runs = [r for r in runs if r.get("status") == "done"]
+        if not runs:
+            continue
+        curves = [r["stats"]["per_task"][0].get("epoch_test_acc", []) for r in runs]
+        epochs = min(len(c) for c in curves)
+        cells = [mean_sd([c[e] for c in curves]) for e in range(min(epochs, 5))]
+        cells += ["—"] * (5 - len(cells))
+        errors = [r["stats"]["per_task"][0].get("reservoir_error") for r in runs]
+        err = ("—" if not all(errors) else ", ".join(
+            f"{statistics.fmean(e[i] for e in errors):.2f}" for i in range(len(errors[0]))))
+        label = "reservoir" if name.endswith("reservoir") else "exact"
+        rows.append(f"| {label} | `{overrides.replace('+', ' ')}` | {len(runs)} | "
+                    + " | ".join(cells) + f" | {err} |")
+    return "\n".join(rows)
+
+
 def speed_table(paths: List[Path]) -> str:
     """Samples per second against the GEMM bound, one row per bench file."""
     rows = ["| variant | samples/s | GEMM bound | GEMM + fused AdamW floor | fraction of GEMM bound |",
@@ -97,11 +135,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap.add_argument("--dir", type=Path, required=True, help="folder of the repro JSON files")
     ap.add_argument("--bench", type=Path, action="append", default=[],
                     help="bench_local_rules JSON file(s)")
+    ap.add_argument("--reservoir-results", type=Path, default=None,
+                    help="results folder of the ibh_fmnist / ibh_fmnist_reservoir run_exps runs")
     args = ap.parse_args(argv)
     print("### Single task, Fashion-MNIST\n")
     print(accuracy_table(args.dir))
     print("\n### Window sweep\n")
     print(window_table(args.dir))
+    if args.reservoir_results:
+        print("\n### Reservoir signal\n")
+        print(reservoir_table(args.reservoir_results))
     if args.bench:
         print("\n### Speed\n")
         print(speed_table(args.bench))
