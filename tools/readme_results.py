@@ -6,7 +6,7 @@
 Every table lives in its page under docs/results/, where the page's own script writes it from
 the result files (``tools/flagship_results.py``, ``tools/original_study.py``,
 ``tools/baselines_table.py``, ``tools/pruning_tables.py``, ``bench/local_rules_tables.py``,
-``tools/ntk_tables.py``). This script only copies the block between a page's
+``tools/ntk_tables.py``, ``bench/speed_tables.py``). This script only copies the block between a page's
 ``<!-- NAME -->`` marker and the next ``<!-- /...`` marker into README.md between
 ``<!-- readme:STEM/BLOCK:begin -->`` and ``<!-- readme:STEM/BLOCK:end -->``, with the page's title, the
 command that runs the study and a link, so the README's numbers are always the pages' numbers.
@@ -65,6 +65,10 @@ HEADLINES = (
              "Fast adaptation to the next task of split Fashion-MNIST: fine-tuning against the NTK-GP "
              "with the trained network's kernel; 3 seeds.",
              "python run_exps.py --study ntk_adaptation"),
+    Headline("speed", "table:goals",
+             "The speed goals of sparse networks and evaluation: ratios timed in one run, 1 torch "
+             "thread; where a goal is not met, the cost that stands in the way.",
+             "python bench/run_all.py --sections training,nte,speed --out docs/results/speed_report.json"),
 )
 
 
