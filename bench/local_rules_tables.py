@@ -43,8 +43,9 @@ ANCHORS.update({f"{k.split('_')[0]}_full": v for k, v in list(ANCHORS.items())})
 def mean_sd(values: Sequence[float]) -> str:
     """``"71.61 ± 0.67 (3)"``: percent, sample sd, number of seeds."""
     m = 100 * statistics.fmean(values)
-    sd = 100 * statistics.stdev(values) if len(values) > 1 else float("nan")
-    return f"{m:.2f} ± {sd:.2f} ({len(values)})"
+    if len(values) < 2:
+        return f"{m:.2f} ({len(values)})"
+    return f"{m:.2f} ± {100 * statistics.stdev(values):.2f} ({len(values)})"
 
 
 def load(path: Path) -> Optional[dict]:
