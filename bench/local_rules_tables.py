@@ -7,6 +7,8 @@ Reads, from ``--dir``:
   ``bp_full.json``, ``hsic_full.json`` (all 60k): accuracy after epochs 1, 5 and 25 (those
   run), mean +- sd over seeds, beside the published figures (ANCHORS);
 * ``ib_n<N>.json`` for the window sweep: test accuracy after epoch 1 for every N found;
+  ``sweep_n<N>.json`` (run with ``--train-eval``): test and training accuracy after the last
+  epoch;
 * ``bench_local_rules*.json`` (``bench/bench_local_rules.py --json``): samples per second of one
   and 32 streams against the GEMM bound measured in the same run.
 
@@ -113,6 +115,22 @@ def reservoir_table(results_dir: Path) -> str:
     return "\n".join(rows)
 
 
+def sweep_table(folder: Path) -> str:
+    """Test and training accuracy after the last epoch of every ``sweep_n<N>.json`` (the window
+    sweep run for several epochs with ``--train-eval``)."""
+    found = []
+    for path in folder.glob("sweep_n*.json"):
+        m = re.fullmatch(r"sweep_n(\d+)\.json", path.name)
+        data = load(path)
+        if m and data and data["epochs"]:
+            found.append((int(m.group(1)), len(data["epochs"]), data["epochs"][-1]))
+    rows = ["| window N | epochs | test accuracy (%) | training accuracy (%) |", "|---|---|---|---|"]
+    for n, epochs, ep in sorted(found):
+        train = mean_sd(ep["train_acc"]) if "train_acc" in ep else "—"
+        rows.append(f"| {n} | {epochs} | {mean_sd(ep['acc'])} | {train} |")
+    return "\n".join(rows)
+
+
 def speed_table(paths: List[Path]) -> str:
     """Samples per second against the GEMM bound, one row per bench file."""
     rows = ["| variant | samples/s | GEMM bound | GEMM + fused AdamW floor | fraction of GEMM bound |",
@@ -143,6 +161,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     print(accuracy_table(args.dir))
     print("\n### Window sweep\n")
     print(window_table(args.dir))
+    if any(args.dir.glob("sweep_n*.json")):
+        print("\n### Window sweep, several epochs\n")
+        print(sweep_table(args.dir))
     if args.reservoir_results:
         print("\n### Reservoir signal\n")
         print(reservoir_table(args.reservoir_results))

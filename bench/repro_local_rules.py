@@ -15,7 +15,8 @@ Three experiments, each over several seeds, test accuracy (10k images) after eve
   (:class:`sparse_nte.rules.hsic.HSICBottleneck`), accuracy of the online-formatted heads.
 
 Inputs are scaled as in the IB-Hebbian reference, x = (pixel / 255 - 0.5) / 0.5. Results are
-written after every epoch to ``--out`` (JSON; the run resumes from its checkpoint ``--out``.pt).
+written after every epoch to ``--out`` (JSON; the run resumes from its checkpoint ``--out``.pt);
+``--train-eval N`` adds the accuracy on the first N training images (ib).
 
 Run, e.g.: ``python bench/repro_local_rules.py ib --seeds 5 --epochs 25 --out /tmp/ib.json``.
 """
@@ -27,6 +28,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -84,9 +86,12 @@ class Log:
     def done(self) -> int:
         return len(self.data["epochs"])
 
-    def add(self, accs: list[float], seconds: float) -> None:
-        self.data["epochs"].append({"acc": accs, "seconds": seconds,
-                                    "load": list(machine(1)["loadavg_1_5_15"])})
+    def add(self, accs: list[float], seconds: float,
+            train_accs: Optional[list[float]] = None) -> None:
+        entry = {"acc": accs, "seconds": seconds, "load": list(machine(1)["loadavg_1_5_15"])}
+        if train_accs is not None:
+            entry["train_acc"] = train_accs
+        self.data["epochs"].append(entry)
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.data, indent=1))
         tmp.replace(self.path)
@@ -100,7 +105,10 @@ def run_ib(args) -> None:
     spec = IBHebbianSpec(window=args.window, gamma=2.0, sigma_x=0.5, sigma_y=0.1, sigma_z=1.0,
                          prefix_bug=args.prefix_bug)
     opt = LocalOptimizerSpec(optimizer="adamw", lr=args.lr, weight_decay=1e-4, adam_beta2=0.99)
-    log = Log(args.out, {"exp": "ib", "seeds": s, "spec": vars(spec), "lr": args.lr})
+    setup = {"exp": "ib", "seeds": s, "spec": vars(spec), "lr": args.lr}
+    if args.train_eval:
+        setup["train_eval"] = args.train_eval
+    log = Log(args.out, setup)
     streams = IBHebbianStreams([reference_mlp(seed) for seed in range(s)], spec, opt)
     ckpt = args.out.with_suffix(".pt")
     if log.done and ckpt.exists():
@@ -111,14 +119,20 @@ def run_ib(args) -> None:
         for start in range(0, len(ytr), args.chunk):
             idx = rows[:, start:start + args.chunk]
             streams.step(xtr[idx], ytr[idx], torch.zeros_like(idx))
-        correct = torch.zeros(s)
-        for start in range(0, len(yte), 2000):
-            x = xte[start:start + 2000]
-            logits = streams.logits(x.unsqueeze(0).expand(s, *x.shape),
-                                    torch.zeros(s, x.shape[0], dtype=torch.long))
-            correct += (logits.argmax(-1) == yte[start:start + 2000]).sum(1)
+        def accuracy(x_all: torch.Tensor, y_all: torch.Tensor) -> list[float]:
+            correct = torch.zeros(s)
+            for start in range(0, len(y_all), 2000):
+                x = x_all[start:start + 2000]
+                logits = streams.logits(x.unsqueeze(0).expand(s, *x.shape),
+                                        torch.zeros(s, x.shape[0], dtype=torch.long))
+                correct += (logits.argmax(-1) == y_all[start:start + 2000]).sum(1)
+            return (correct / len(y_all)).tolist()
+
+        test = accuracy(xte, yte)
+        train = (accuracy(xtr[:args.train_eval], ytr[:args.train_eval]) if args.train_eval
+                 else None)
         torch.save(streams.state_dict(), ckpt)
-        log.add((correct / len(yte)).tolist(), time.time() - t0)
+        log.add(test, time.time() - t0, train)
 
 
 # -- backprop baseline ------------------------------------------------------------------------
@@ -237,6 +251,8 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=8, help="ib: N")
     ap.add_argument("--prefix-bug", action="store_true", help="ib: the pre-fix signal")
     ap.add_argument("--chunk", type=int, default=500, help="ib: samples per step() call")
+    ap.add_argument("--train-eval", type=int, default=0,
+                    help="ib: also the accuracy on the first N training images after every epoch")
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--widths", default="128,64", help="bp: hidden widths")

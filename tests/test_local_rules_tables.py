@@ -36,3 +36,11 @@ def test_window_sweep_lists_every_window_in_order(tmp_path):
     lines = lrt.window_table(tmp_path).splitlines()[2:]
     assert [line.split("|")[1].strip() for line in lines] == ["2", "4", "16"]
     assert "73.00 ± 0.00 (2)" in lines[-1]
+
+
+def test_several_epoch_sweep_shows_test_and_training_accuracy_of_the_last_epoch(tmp_path):
+    data = {"setup": {}, "epochs": [{"acc": [0.5, 0.5], "seconds": 1.0, "train_acc": [0.6, 0.6]},
+                                    {"acc": [0.7, 0.8], "seconds": 1.0, "train_acc": [0.9, 0.9]}]}
+    (tmp_path / "sweep_n4.json").write_text(json.dumps(data))
+    row = lrt.sweep_table(tmp_path).splitlines()[-1]
+    assert row == "| 4 | 2 | 75.00 ± 7.07 (2) | 90.00 ± 0.00 (2) |"
