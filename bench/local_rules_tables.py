@@ -16,7 +16,7 @@ Reads, from ``--dir``:
   ``ibh_fmnist_reservoir`` (test accuracy after every epoch, the reservoir's tracking error).
 
 Missing files leave their rows out (stated under the table). Run:
-``python bench/local_rules_tables.py --dir /work/runs/r_local/repro --bench PATH``.
+``python bench/local_rules_tables.py --dir R --bench R/bench_local_rules.json --reservoir-results R/res``.
 """
 from __future__ import annotations
 

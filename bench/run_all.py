@@ -154,6 +154,24 @@ class SectionResult:
     error: str = ""
 
 
+def portable(cmd: Sequence[str], root: Path = HERE.parent) -> List[str]:
+    """A command line as the report records it: ``python`` for the interpreter and paths inside
+    the repository relative to it, so a report names no folder of the machine it ran on."""
+    out = []
+    for arg in cmd:
+        if arg == sys.executable:
+            out.append("python")
+            continue
+        path = Path(arg)
+        if path.is_absolute():
+            try:
+                arg = str(path.resolve().relative_to(root.resolve()))
+            except ValueError:
+                pass
+        out.append(arg)
+    return out
+
+
 def run_section(name: str, quick: bool, threads: int) -> SectionResult:
     spec = SECTIONS[name]
     cmd = [sys.executable, str(HERE / spec.script), *spec.args,
@@ -234,7 +252,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f"{'within' if within else 'EXCEEDED'})", flush=True)
 
     report = {
-        "suite": {"command": [sys.executable, *sys.argv] if argv is None else list(argv),
+        "suite": {"command": portable([sys.executable, *sys.argv] if argv is None else list(argv)),
                   "quick": args.quick, "threads": args.threads, "sections": names,
                   "started": time.strftime("%Y-%m-%dT%H:%M:%S",
                                            time.localtime(time.time() - elapsed)),
@@ -243,7 +261,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "figures": [dict(f.to_json(), section=name, name=f"{name}/{f.name}")
                     for name, res in results.items() for f in res.figures],
         "missing": [f"{name}/{m}" for name, res in results.items() for m in res.missing],
-        "sections": {name: {"command": res.command, "returncode": res.returncode,
+        "sections": {name: {"command": portable(res.command), "returncode": res.returncode,
                             "elapsed_s": res.elapsed_s, "error": res.error, "stdout": res.stdout,
                             "stderr_tail": res.stderr_tail}
                      for name, res in results.items()},

@@ -87,6 +87,15 @@ def _fmt(value: float, unit: str) -> str:
     return f"{value:.2f}{unit}" if unit == "x" else f"{value:.1f}{unit}"
 
 
+def _command(argv: Sequence[str]) -> str:
+    """The suite's command line without the interpreter and the report's own path."""
+    args = list(argv[1:])
+    if "--out" in args:
+        i = args.index("--out")
+        del args[i:i + 2]
+    return " ".join(args)
+
+
 def goals_table(report: dict) -> str:
     """The Markdown table of :data:`GOALS` with the report's figures (module docstring)."""
     figures: Dict[str, dict] = {f["name"]: f for f in report["figures"]}
@@ -133,7 +142,7 @@ def goals_table(report: dict) -> str:
     rows.append("")
     rows.append(f"Machine: {m['cpu']}, {m['cores']} cores, {m['threads']} torch thread, torch "
                 f"{m['torch']}, load average {m['loadavg_1_5_15']} at the start; suite "
-                f"{' '.join(report['suite']['command'][1:])}"
+                f"{_command(report['suite']['command'])}"
                 f"{' (quick: not for quoting)' if report['suite'].get('quick') else ''}.")
     return "\n".join(rows)
 

@@ -48,6 +48,9 @@ def test_quick_suite_reports_every_figure(tmp_path):
     assert report["machine"]["cpu"] and report["machine"]["torch"]
     printed = [line for line in proc.stdout.splitlines() if not line.startswith("#")]
     assert len(printed) == len(names) == len(set(names))     # one line per figure
+    # the report names no folder of this machine: "python" and repository-relative scripts
+    commands = [report["suite"]["command"]] + [s["command"] for s in report["sections"].values()]
+    assert all(c[0] == "python" and c[1].startswith("bench/") for c in commands)
 
 
 def test_a_figure_the_script_did_not_print_is_missing_and_fails_the_suite(tmp_path, monkeypatch):
