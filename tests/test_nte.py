@@ -212,6 +212,46 @@ def test_series_within_stated_tolerance(seed, scale, tol, col):
         assert bound > tol / (1 + 1e-5) * (1 - 1e-9)
 
 
+@pytest.mark.parametrize("col", [False, True])
+def test_series_ignores_examples_with_an_all_zero_input(col):
+    """An example whose layer input is all zero has a zero gradient at every weight: it adds
+    exactly nothing, however large beta * d is (a silent layer below: k-WTA, ReLU, pruning).
+    Its output gradient must not enter the powers (beta * d = 18.7 here: X^31 overflowed
+    float32 and 0 * inf made the whole row NaN)."""
+    g = torch.Generator().manual_seed(3)
+    a = torch.rand(8, 6, generator=g) * 0.02
+    a[3] = 0.0                                        # a silent example
+    d = torch.randn(8, 2, generator=g).clamp(-0.7, 0.7)
+    d[3] = 0.3333
+    beta = 56.0
+    sign = torch.where(torch.rand(2, 6, generator=g) < 0.5, -1, 1).to(torch.int8)
+    col_sign = torch.where(torch.rand(6, generator=g) < 0.5, -1.0, 1.0) if col else None
+    keep = torch.arange(8) != 3
+    got = linear_series(a, d, beta, 31, None if col else sign, col_sign)
+    want = linear_series(a[keep], d[keep], beta, 31, None if col else sign, col_sign)
+    assert bool(torch.isfinite(got).all())
+    assert torch.allclose(got, want, rtol=1e-6, atol=1e-9)
+
+
+def test_compact_series_ignores_examples_with_an_all_zero_input():
+    from sparse_nte.per_example import compact_series
+    from sparse_nte.sparse_exec import LiveConnections
+
+    g = torch.Generator().manual_seed(4)
+    mask = torch.rand(2, 6, generator=g) < 0.6
+    live = LiveConnections(~mask)                      # True = masked
+    a = torch.rand(8, 6, generator=g) * 0.02
+    a[5] = 0.0
+    d = torch.randn(8, 2, generator=g).clamp(-0.7, 0.7)
+    d[5] = -0.6
+    sign = torch.where(torch.rand(live.nnz, generator=g) < 0.5, -1.0, 1.0)
+    keep = torch.arange(8) != 5
+    got = compact_series(a, d, 56.0, 31, live, sign)
+    want = compact_series(a[keep], d[keep], 56.0, 31, live, sign)
+    assert bool(torch.isfinite(got).all())
+    assert torch.allclose(got, want, rtol=1e-6, atol=1e-9)
+
+
 def test_exact_equals_log1p_sum():
     g = torch.Generator().manual_seed(0)
     a = torch.randn(40, 6, generator=g, dtype=torch.float64)

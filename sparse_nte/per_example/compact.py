@@ -51,9 +51,8 @@ def compact_series(a: torch.Tensor, d: torch.Tensor, beta: float, n_terms: int,
     :func:`~sparse_nte.per_example.series.linear_series`: ``X = beta d max_k|a_b|`` and
     ``Ahat = a / max_k|a_b|``, so every power lies in [-1, 1]."""
     amax = a.abs().amax(dim=1, keepdim=True)
-    amax.masked_fill_(amax == 0, 1.0)
-    x = d * amax * beta                                  # (n, out)
-    ahat = a / amax                                      # (n, K)
+    x = d * amax * beta                                  # (n, out); 0 for an all-zero input
+    ahat = a / amax.masked_fill(amax == 0, 1.0)          # (n, K)
     odd_l, odd_r, even_l, even_r = [], [], [], []
     xp, ap = x, ahat
     for power in range(1, n_terms + 1):

@@ -97,8 +97,7 @@ def linear_series(a: torch.Tensor, d: torch.Tensor, beta: float, n_terms: int,
     if out is None:
         out = torch.zeros(d.shape[1], a.shape[1], dtype=a.dtype, device=a.device)
     n, r = d.shape
-    amax = a.abs().amax(dim=1, keepdim=True)
-    amax.masked_fill_(amax == 0, 1.0)
+    amax = a.abs().amax(dim=1, keepdim=True)   # 0 for an all-zero input: X = 0, no terms
     folded = col_sign is not None or sign is None
     n_odd = (n_terms + 1) // 2
     # factors of the GEMMs, filled in place: rows [i*n, (i+1)*n) hold the term of power
@@ -108,7 +107,7 @@ def linear_series(a: torch.Tensor, d: torch.Tensor, beta: float, n_terms: int,
     order = list(range(1, n_terms + 1, 2)) + list(range(2, n_terms + 1, 2))
     slot = {power: i for i, power in enumerate(order)}
     x = torch.mul(d, amax, out=left[:n]).mul_(beta)
-    ahat = torch.div(a, amax, out=right[:n])
+    ahat = torch.div(a, amax.masked_fill(amax == 0, 1.0), out=right[:n])
     if col_sign is not None:
         ahat.mul_(col_sign)
     for power in range(2, n_terms + 1):
