@@ -162,12 +162,9 @@ def portable(cmd: Sequence[str], root: Path = HERE.parent) -> List[str]:
         if arg == sys.executable:
             out.append("python")
             continue
-        path = Path(arg)
-        if path.is_absolute():
-            try:
-                arg = str(path.resolve().relative_to(root.resolve()))
-            except ValueError:
-                pass
+        path = Path(arg).resolve() if Path(arg).is_absolute() else None
+        if path is not None and path.is_relative_to(root.resolve()):
+            arg = str(path.relative_to(root.resolve()))
         out.append(arg)
     return out
 

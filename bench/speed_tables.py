@@ -119,11 +119,8 @@ def goals_table(report: dict) -> str:
         met = {True: "met", False: "**not met**", None: "—"}[f.get("met")]
         why = ""
         if f.get("met") is False and goal.why:
-            try:
-                why = goal.why.format(**{k: (v if v is not None else float("nan"))
-                                         for k, v in fields.items()})
-            except (KeyError, ValueError):
-                why = goal.why
+            why = goal.why.format(**{k: (v if v is not None else float("nan"))
+                                     for k, v in fields.items()})
         rows.append(f"| {goal.label} | {target} | {_fmt(float(f['value']), f['unit'])} | {met} | "
                     f"{why} |")
     judged = [figures[g.figure] for g in GOALS if g.figure in figures

@@ -88,14 +88,6 @@ def fc_widths(v: Any) -> tuple[int, ...]:
     return widths or (int(get("hidden_units")),) * int(get("hidden_layers"))
 
 
-def conv_widths(v: Any) -> tuple[int, ...]:
-    """The channels of every convolution of a CNN config (a mapping of values, or a Config)."""
-    def get(k: str) -> Any:
-        return v[k] if isinstance(v, dict) else getattr(v, k)
-
-    return parse_widths(str(get("conv_channels"))) or ORIGINAL_CONV_CHANNELS[:int(get("conv_layers"))]
-
-
 #: the original SimpleCNN's channels (its ``conv_layers`` first ones)
 ORIGINAL_CONV_CHANNELS = (64, 128)
 
