@@ -3,7 +3,6 @@ Lipasti's CIFAR-10 runs, written out pixel by pixel; its place in the runner (tr
 only, the batch order unchanged, reproducible for a seed); the config refusal for permutations."""
 from __future__ import annotations
 
-import textwrap
 
 import pytest
 import torch
@@ -13,8 +12,10 @@ from hypothesis import strategies as st
 from benchmarks.augment import crop_flip
 from benchmarks.batching import black_level
 from benchmarks.synthetic import write_synthetic_dataset
-from sparse_nte.config import ConfigError, load_config
+from sparse_nte.config import ConfigError
 from sparse_nte.runner import run_trial
+
+from config_cases import load_section
 
 
 @settings(max_examples=25, deadline=None)
@@ -80,9 +81,7 @@ def root(tmp_path_factory):
 
 
 def _cfg(tmp_path, root, **kw):
-    path = tmp_path / "exps.cfg"
-    path.write_text(textwrap.dedent(CFG.format(root=root)))
-    return load_config(path, "e", {k: str(v) for k, v in kw.items()})
+    return load_section(tmp_path, CFG, root, **kw)
 
 
 def test_the_runner_augments_training_batches_only_and_reproducibly(tmp_path, root, monkeypatch):

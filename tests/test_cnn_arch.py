@@ -4,7 +4,7 @@ forward pass written out by hand, the config errors, Dale's law through pooling 
 and the local rules on it (the block output z is taken before pooling, as the reference's)."""
 from __future__ import annotations
 
-import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,9 +13,12 @@ import torch.nn.functional as F
 
 from benchmarks.synthetic import write_synthetic_dataset
 from models import build_model
-from sparse_nte.config import ConfigError, load_config
+from sparse_nte.config import ConfigError
 from sparse_nte.rules.layerwise import heads_forward, local_forward
 from sparse_nte.runner import run_trial
+
+from config_cases import load_section
+from scenario_cases import FakeScenario
 
 BASE = """\
 [DEFAULT]
@@ -52,22 +55,15 @@ def root(tmp_path_factory):
 
 
 def cfg(tmp_path: Path, root: Path = Path("."), **overrides):
-    path = tmp_path / "exps.cfg"
-    path.write_text(textwrap.dedent(BASE.format(root=root)))
-    return load_config(path, "e", {k: str(v) for k, v in overrides.items()})
+    return load_section(tmp_path, BASE, root, **overrides)
 
 
-class _Scenario:
-    input_shape, num_heads, head_size, tasks = (3, 32, 32), 1, 10, (0,)
-
-    @staticmethod
-    def head_of(task: int) -> int:
-        return 0
+SCENARIO = FakeScenario(setting="domain", num_tasks=1, input_shape=(3, 32, 32), head_size=10)
 
 
 def _model(tmp_path, **overrides):
     c = cfg(tmp_path, **overrides)
-    return build_model(c.to_dict(), _Scenario()), c
+    return build_model(c.to_dict(), SCENARIO), c
 
 
 def test_the_reference_cnn_computes_conv_relu_channel_norm_avgpool_then_one_dense_layer(tmp_path):
@@ -106,10 +102,10 @@ def test_invalid_architectures_are_config_errors_naming_the_key(tmp_path, overri
 
 
 def test_an_input_too_small_for_the_convolutions_and_pooling_is_refused(tmp_path):
-    small = type("S", (_Scenario,), {"input_shape": (3, 4, 4)})
+    small = replace(SCENARIO, input_shape=(3, 4, 4))
     c = cfg(tmp_path, conv_channels="4,4,4")
     with pytest.raises(ValueError, match="too small.*2x2 pooling"):
-        build_model(c.to_dict(), small())
+        build_model(c.to_dict(), small)
 
 
 def test_dale_signs_of_the_last_conv_channels_reach_every_pooled_feature_of_the_head(tmp_path):

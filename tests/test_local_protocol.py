@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,8 @@ from sparse_nte.runner import run_trial
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
 import check_rule_sections as crs  # noqa: E402
+from config_cases import load_section  # noqa: E402
+from scenario_cases import FakeScenario  # noqa: E402
 
 BASE = """\
 [DEFAULT]
@@ -56,24 +57,17 @@ def root(tmp_path_factory):
 
 
 def cfg(tmp_path: Path, root: Path = Path("."), **overrides):
-    path = tmp_path / "exps.cfg"
-    path.write_text(textwrap.dedent(BASE.format(root=root)))
-    return load_config(path, "e", {k: str(v) for k, v in overrides.items()})
+    return load_section(tmp_path, BASE, root, **overrides)
 
 
-class _Scenario:
-    input_shape, num_heads, head_size, tasks = (1, 28, 28), 1, 10, (0,)
-
-    @staticmethod
-    def head_of(task: int) -> int:
-        return 0
+SCENARIO = FakeScenario(setting="domain", num_tasks=1, input_shape=(1, 28, 28), head_size=10)
 
 
 # -- hidden_widths ----------------------------------------------------------------------------
 def test_hidden_widths_give_one_fc_layer_per_width_and_replace_units_and_layers(tmp_path):
     c = cfg(tmp_path, hidden_widths=" 128 ,64")
     assert c.hidden_widths == "128,64"                  # canonical: same network, same config
-    model = build_model(c.to_dict(), _Scenario())
+    model = build_model(c.to_dict(), SCENARIO)
     weights = [m.weight.shape for m in model.modules() if isinstance(m, torch.nn.Linear)]
     assert weights == [(128, 784), (64, 128), (10, 64)]
     x = torch.rand(3, 1, 28, 28)
