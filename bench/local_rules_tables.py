@@ -70,14 +70,21 @@ def accuracy_table(folder: Path, epochs: Sequence[int] = (1, 5, 25)) -> str:
     return "\n".join(rows)
 
 
-def window_table(folder: Path) -> str:
-    """Test accuracy after epoch 1 for every window N run."""
+def _windows(folder: Path, prefix: str) -> List[tuple]:
+    """``(N, epochs)`` of every ``<prefix><N>.json`` in ``folder`` with at least one epoch,
+    by N."""
     found = []
-    for path in folder.glob("ib_n*.json"):
-        m = re.fullmatch(r"ib_n(\d+)\.json", path.name)
+    for path in folder.glob(f"{prefix}*.json"):
+        m = re.fullmatch(rf"{prefix}(\d+)\.json", path.name)
         data = load(path)
         if m and data and data["epochs"]:
-            found.append((int(m.group(1)), data["epochs"][0]))
+            found.append((int(m.group(1)), data["epochs"]))
+    return sorted(found, key=lambda item: item[0])
+
+
+def window_table(folder: Path) -> str:
+    """Test accuracy after epoch 1 for every window N run."""
+    found = [(n, epochs[0]) for n, epochs in _windows(folder, "ib_n")]
     rows = [("| window N | test accuracy after epoch 1 (%) | wall seconds, 3 seeds (load varied: not a "
             "speed figure) |"),
             "|---|---|---|"]
@@ -118,12 +125,7 @@ def reservoir_table(results_dir: Path) -> str:
 def sweep_table(folder: Path) -> str:
     """Test and training accuracy after the last epoch of every ``sweep_n<N>.json`` (the window
     sweep run for several epochs with ``--train-eval``)."""
-    found = []
-    for path in folder.glob("sweep_n*.json"):
-        m = re.fullmatch(r"sweep_n(\d+)\.json", path.name)
-        data = load(path)
-        if m and data and data["epochs"]:
-            found.append((int(m.group(1)), len(data["epochs"]), data["epochs"][-1]))
+    found = [(n, len(epochs), epochs[-1]) for n, epochs in _windows(folder, "sweep_n")]
     rows = ["| window N | epochs | test accuracy (%) | training accuracy (%) |", "|---|---|---|---|"]
     for n, epochs, ep in sorted(found):
         train = mean_sd(ep["train_acc"]) if "train_acc" in ep else "—"
